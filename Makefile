@@ -1,0 +1,36 @@
+# Two entry points, both self-contained on a machine with nothing but Python:
+#   make demo   -- create .venv, install, run the main job on the embedded default data
+#   make test   -- create/update .venv with the test extras, run the suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The local environment pins the torch build that lies on this machine's disk; the package itself only asks for ranges.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test test-slow venv clean
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.base
+
+demo: $(VENV)/.base
+	$(VENV)/bin/resnets models
+	$(VENV)/bin/resnets summary resnext50_32x4d --img-size 224 --depth 2
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.test
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
