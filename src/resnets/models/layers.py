@@ -69,7 +69,7 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
 
 
-def make_shortcut(in_ch: int, out_ch: int, stride: int, kind: str) -> nn.Module | None:
+def make_shortcut(in_ch: int, out_ch: int, stride: int, kind: str, dilation: int = 1) -> nn.Module | None:
     """The projection on the residual path when a block changes shape; None when identity fits.
 
     kind: "conv" (1x1 strided conv + BN, torchvision), "avg" (avg-pool then 1x1 conv, ResNet-D /
@@ -83,9 +83,13 @@ def make_shortcut(in_ch: int, out_ch: int, stride: int, kind: str) -> nn.Module 
     if kind == "conv":
         return nn.Sequential(conv, nn.BatchNorm2d(out_ch))
     # ResNet-D: the 1x1 conv of a strided shortcut would skip 3/4 of the input; average it first.
-    # With stride 1 (first stage, or a stage dilated for output_stride < 32) there is nothing to average.
-    if stride == 1:
+    # With stride 1 in an undilated stage (the first) there is nothing to average. A stage dilated for
+    # output_stride < 32 must compute the strided net densely (so its weights keep their meaning): the
+    # 2x2 average stays, at stride 1, zero-padded bottom/right as timm's AvgPool2dSame.
+    if stride == 1 and dilation == 1:
         pool: nn.Module = nn.Identity()
+    elif stride == 1:
+        pool = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(2, stride=1))
     else:
         pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
     return nn.Sequential(pool, conv, nn.BatchNorm2d(out_ch))

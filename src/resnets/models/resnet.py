@@ -130,9 +130,10 @@ class ResNet(nn.Module):
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.drop_rate = cfg.drop_rate
-        self.conv1, self.maxpool, in_ch, stride = make_stem(cfg)
+        self.conv1, pool, in_ch, stride = make_stem(cfg)
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = pool
         self.feature_info = [dict(num_chs=in_ch, reduction=1 if cfg.stem == "cifar" else 2, module="act1")]
 
         block_cls = BLOCKS[cfg.block]
@@ -152,7 +153,7 @@ class ResNet(nn.Module):
                 block_stride = stage_stride if j == 0 else 1
                 blocks.append(block_cls(
                     in_ch, width, out_ch, stride=block_stride,
-                    shortcut=make_shortcut(in_ch, out_ch, block_stride, shortcut_kind),
+                    shortcut=make_shortcut(in_ch, out_ch, block_stride, shortcut_kind, dilation),
                     cardinality=cfg.cardinality, scale=cfg.scale,
                     first_dilation=prev_dilation if j == 0 else dilation, dilation=dilation,
                     attention=cfg.attention,
@@ -172,6 +173,8 @@ class ResNet(nn.Module):
         return nn.Linear(features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _init_weights(self, zero_init_last: bool) -> None:
+        if self.bn1.weight.is_meta:
+            return  # shapes-only model (counting, summaries): random init would cost time and mean nothing
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

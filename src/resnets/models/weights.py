@@ -22,6 +22,8 @@ from ..errors import CheckpointError
 from ..fileio import atomic_write_bytes, atomic_write_json
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+METADATA_KEY = "resnets"  # safetensors metadata entry holding the JSON of `model_metadata`
+RUN_WEIGHTS = ("best.safetensors", "last.safetensors")  # what a training run directory holds
 CLASSIFIER_PREFIX = "fc."
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -66,12 +68,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
-                metadata = {k: _maybe_json(v) for k, v in (f.metadata() or {}).items()}
+                metadata = _maybe_json((f.metadata() or {}).get(METADATA_KEY, "{}"))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_short(e)})") from None
-        config = path.parent / CONFIG_FILE
-        if config.is_file() and path.name == WEIGHTS_FILE:
-            metadata = {**metadata, **_read_json(config)}
+        if not isinstance(metadata, dict):
+            metadata = {}
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -142,47 +143,99 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     return report
 
 
-def save_pretrained(model: nn.Module, directory: str | Path, class_names: list[str] | None = None) -> Path:
-    """Write `config.json` + `model.safetensors` into `directory` (a layout a model hub serves as is)."""
-    directory = Path(directory)
+def model_metadata(model: nn.Module, class_names: list[str] | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild `model` and its preprocessing from its weights file alone."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
-        raise CheckpointError("save_pretrained needs a model made by resnets (it has no architecture config)")
+        raise CheckpointError("this model was not made by resnets (it has no architecture config)")
     class_names = class_names if class_names is not None else getattr(model, "class_names", None)
     if class_names is not None and len(class_names) != model.num_classes:
         raise CheckpointError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
-    config = {
+    return {
         "architecture": getattr(model, "arch_name", None),
         "args": getattr(model, "arch_args", {}),
         "config": dataclasses.asdict(cfg),
         "num_classes": model.num_classes,
         "num_features": model.num_features,
-        "pretrained_cfg": getattr(model, "pretrained_cfg", cfg.data_config()),
-        "class_names": class_names,
+        "pretrained_cfg": getattr(model, "pretrained_cfg", None) or cfg.data_config(),
+        "class_names": list(class_names) if class_names is not None else None,
     }
+
+
+def save_weights(model: nn.Module, path: str | Path, class_names: list[str] | None = None) -> Path:
+    """Atomically write the model's tensors as safetensors, with `model_metadata` inside the file."""
+    meta = model_metadata(model, class_names)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
-    atomic_write_json(directory / CONFIG_FILE, config)
+    return atomic_write_bytes(path, save(tensors, metadata={"format": "pt", METADATA_KEY: json.dumps(meta)}))
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, class_names: list[str] | None = None) -> Path:
+    """Write `config.json` + `model.safetensors` into `directory` (a layout a model hub serves as is)."""
+    directory = Path(directory)
+    save_weights(model, directory / WEIGHTS_FILE, class_names)
+    atomic_write_json(directory / CONFIG_FILE, model_metadata(model, class_names))
     return directory
+
+
+def build_from_metadata(meta: dict[str, Any], source: str | Path) -> nn.Module:
+    """The (untrained) model described by `model_metadata`'s output."""
+    from .resnet import ResNetConfig
+
+    try:
+        arch = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(meta["config"]).items()}
+        cfg = ResNetConfig().replace(**arch)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: architecture metadata is not a resnets config ({_short(e)})") from None
+    model = cfg.build()
+    model.arch_name, model.arch_args = meta.get("architecture"), meta.get("args") or {}
+    model.pretrained_cfg = meta.get("pretrained_cfg") or cfg.data_config()
+    model.class_names = meta.get("class_names")
+    return model
 
 
 def from_pretrained(directory: str | Path) -> nn.Module:
     """Rebuild a model saved by `save_pretrained` (architecture, weights, preprocessing, class names)."""
-    from .resnet import ResNetConfig
-
     directory = Path(directory)
-    config = _read_json(directory / CONFIG_FILE)
-    try:
-        arch = dict(config["config"])
-        arch = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
-        cfg = ResNetConfig().replace(**arch)
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: not a resnets config ({_short(e)})") from None
-    model = cfg.build()
-    model.arch_name, model.arch_args = config.get("architecture"), config.get("args", {})
-    model.pretrained_cfg = config.get("pretrained_cfg") or cfg.data_config()
-    model.class_names = config.get("class_names")
+    model = build_from_metadata(_read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
     load_checkpoint(model, directory / WEIGHTS_FILE)
+    return model
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A run directory means its best weights; a `save_pretrained` folder its model.safetensors."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        for name in (WEIGHTS_FILE, *RUN_WEIGHTS):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE}, {RUN_WEIGHTS[0]} or {RUN_WEIGHTS[1]} in this folder")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    return path
+
+
+def load_model(checkpoint: str | Path, model_name: str | None = None, **overrides: Any) -> nn.Module:
+    """A ready model from a weights file, run directory or `save_pretrained` folder.
+
+    Files written by resnets carry their architecture; a bare state dict (torchvision, timm, ...) needs
+    `model_name`, and its head size is taken from the checkpoint.
+    """
+    from .registry import create_model
+
+    path = resolve_checkpoint(checkpoint)
+    state, meta = read_state_dict(path)
+    if meta.get("config") is not None and not model_name:
+        model = build_from_metadata(meta, path)
+    elif model_name:
+        head = state.get(CLASSIFIER_PREFIX + "weight")
+        if head is not None and "num_classes" not in overrides:
+            overrides["num_classes"] = head.shape[0]
+        model = create_model(model_name, **overrides)
+        if isinstance(meta.get("class_names"), list):
+            model.class_names = meta["class_names"]
+    else:
+        raise CheckpointError(f"{path}: a bare weights file does not say its architecture; pass --model NAME")
+    load_checkpoint(model, path)
     return model
 
 

@@ -142,7 +142,8 @@ def cifar_resnext_config(depth: int = 29, cardinality: int = 8, base_width: int 
         raise ConfigError(f"CIFAR ResNeXt depth must satisfy (depth - 2) % 9 == 0 (29, 38, ...), got {depth}")
     n = (depth - 2) // 9
     return ResNetConfig(block="bottleneck", layers=(n, n, n), channels=(64, 128, 256), expansion=widen_factor,
-                        cardinality=cardinality, base_width=base_width, stem="cifar", num_classes=num_classes)
+                        cardinality=cardinality, base_width=base_width, stem="cifar", num_classes=num_classes,
+                        zero_init_last=False)
 
 
 def cifar_resnet_config(depth: int = 20, num_classes: int = 10) -> ResNetConfig:
@@ -150,8 +151,10 @@ def cifar_resnet_config(depth: int = 20, num_classes: int = 10) -> ResNetConfig:
     if depth < 8 or (depth - 2) % 6:
         raise ConfigError(f"CIFAR ResNet depth must satisfy (depth - 2) % 6 == 0 (20, 32, 44, 56, 110, ...), got {depth}")
     n = (depth - 2) // 6
+    # No zero-init of the last BN here (as the paper): with parameter-free shortcuts an all-identity start
+    # leaves the head only the stem's features, and training stalls for epochs (measured on digits).
     return ResNetConfig(block="basic", layers=(n, n, n), channels=(16, 32, 64), stem="cifar",
-                        zero_pad_shortcut=True, num_classes=num_classes)
+                        zero_pad_shortcut=True, num_classes=num_classes, zero_init_last=False)
 
 
 @register_model

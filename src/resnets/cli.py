@@ -1,0 +1,89 @@
+"""Command-line interface: a thin layer over the Python API. User mistakes print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import ResnetsError
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .analysis import model_stats
+    from .models import list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ResnetsError(f"no model matches {args.pattern!r}; see `resnets models`")
+    width = max(len(n) for n in names)
+    print(f"{'model':<{width}}  {'params':>13}  {'GMACs':>7}  input")
+    for name in names:
+        s = model_stats(name)
+        c, h, w = s["input_size"]
+        print(f"{name:<{width}}  {s['params']:>13,}  {s['gmacs']:>7.2f}  {c}x{h}x{w}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .analysis import summarize
+
+    overrides = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    print(summarize(args.model, img_size=args.img_size, depth=args.depth, **overrides).format())
+    return 0
+
+
+def cmd_design(args: argparse.Namespace) -> int:
+    from .analysis import design_widths
+
+    rows = design_widths(args.template, args.cardinality, img_size=args.img_size)
+    print(f"{'C':>4}  {'d':>4}  {'width C*d':>9}  {'name':>8}  {'params':>13}  {'GMACs':>6}")
+    for r in rows:
+        print(f"{r.cardinality:>4}  {r.width:>4}  {r.cardinality * r.width:>9}  {r.name:>8}  {r.params:>13,}  "
+              f"{r.gmacs:>6.2f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnets", description="The ResNet family in PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="table of models with params and GMACs")
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'res2net*'")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("summary", help="per-layer table of a model")
+    p.add_argument("model")
+    p.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
+    p.add_argument("--depth", type=int, default=None, help="group rows at this module depth (default: every layer)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("design", help="ResNeXt complexity-preserving widths (paper Table 2)")
+    p.add_argument("template", help="resnext50, resnext101 or resnext152")
+    p.add_argument("--cardinality", type=int, nargs="+", required=True, metavar="C")
+    p.add_argument("--img-size", type=int, default=224)
+    p.set_defaults(func=cmd_design)
+
+    from .tasks.commands import add_commands as add_task_commands
+    from .train.commands import add_commands as add_train_commands
+
+    add_train_commands(sub)
+    add_task_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ResnetsError as e:
+        print(f"resnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resnets: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

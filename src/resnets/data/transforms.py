@@ -1,0 +1,67 @@
+"""Preprocessing built from a model's data config (input_size, mean, std, crop_pct, interpolation).
+
+Small images (<= 64 px: CIFAR, digits) train with pad-crop-flip as in the CIFAR papers; larger ones with
+RandomResizedCrop + flip (Inception-style, as torchvision/timm). Evaluation resizes by crop_pct and
+center-crops. Inputs may be PIL images or uint8 tensors (C, H, W).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from ..errors import ConfigError
+
+SMALL_IMAGE = 64  # at or below this, RandomResizedCrop destroys too much: use pad-crop instead
+INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
+                 "nearest": v2.InterpolationMode.NEAREST}
+AUTO_AUGMENT = {None: None, "none": None, "rand": lambda: v2.RandAugment(), "trivial": lambda: v2.TrivialAugmentWide()}
+
+
+def image_size(data_cfg: dict[str, Any], img_size: int | None = None) -> int:
+    return int(img_size or data_cfg["input_size"][-1])
+
+
+def _interpolation(data_cfg: dict[str, Any]) -> v2.InterpolationMode:
+    name = data_cfg.get("interpolation", "bilinear")
+    if name not in INTERPOLATION:
+        raise ConfigError(f"interpolation {name!r} is not one of {', '.join(INTERPOLATION)}")
+    return INTERPOLATION[name]
+
+
+def _to_normalized(data_cfg: dict[str, Any]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data_cfg["mean"]), list(data_cfg["std"]))]
+
+
+def train_transform(data_cfg: dict[str, Any], img_size: int | None = None, hflip: float = 0.5,
+                    auto_augment: str | None = None, random_erasing: float = 0.0) -> v2.Compose:
+    """Training augmentation. `auto_augment`: None, "rand" (RandAugment) or "trivial" (TrivialAugmentWide)."""
+    if auto_augment not in AUTO_AUGMENT:
+        raise ConfigError(f"auto_augment {auto_augment!r} is not one of none, rand, trivial")
+    size = image_size(data_cfg, img_size)
+    interp = _interpolation(data_cfg)
+    ops: list[Any] = [v2.ToImage()]
+    if size <= SMALL_IMAGE:
+        ops += [v2.Resize(size, interpolation=interp, antialias=True), v2.CenterCrop(size),
+                v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect")]
+    else:
+        ops += [v2.RandomResizedCrop(size, interpolation=interp, antialias=True)]
+    if hflip > 0:
+        ops.append(v2.RandomHorizontalFlip(hflip))
+    if AUTO_AUGMENT[auto_augment] is not None:
+        ops.append(AUTO_AUGMENT[auto_augment]())
+    ops += _to_normalized(data_cfg)
+    if random_erasing > 0:
+        ops.append(v2.RandomErasing(random_erasing))
+    return v2.Compose(ops)
+
+
+def eval_transform(data_cfg: dict[str, Any], img_size: int | None = None) -> v2.Compose:
+    """Resize the short side to size / crop_pct, center-crop `size`, normalise."""
+    size = image_size(data_cfg, img_size)
+    crop_pct = float(data_cfg.get("crop_pct", 1.0))
+    resize = int(math.floor(size / crop_pct)) if crop_pct > 0 else size
+    return v2.Compose([v2.ToImage(), v2.Resize(resize, interpolation=_interpolation(data_cfg), antialias=True),
+                       v2.CenterCrop(size), *_to_normalized(data_cfg)])

@@ -1,0 +1,154 @@
+"""`resnets cam`: Grad-CAM heatmaps (Selvaraju et al., ICCV 2017) from a forward hook and a gradient hook.
+
+For a target class c and a feature map A (K, h, w) of layer L, the map is ReLU(sum_k alpha_k A_k) with
+alpha_k = mean over positions of d y_c / d A_k (the paper's eq. 1-2, y_c the logit before softmax). It is
+upsampled to the input and normalised to [0, 1]. Works on any module with a (B, K, h, w) output; the
+default is the last stage, whose maps the paper finds the best trade-off of semantics and resolution.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import eval_transform
+from ..errors import ConfigError
+from ..fileio import atomic_write
+from .common import Warn, batched, class_names_of, read_images, require_some, resolve_device, warn_stderr
+
+CAM_ALPHA = 0.45  # heatmap opacity over the image
+
+
+@dataclass
+class CamResult:
+    heatmaps: torch.Tensor  # (B, H, W) in [0, 1], at the input resolution
+    class_indices: list[int]  # the class each map explains
+    probabilities: list[float]  # softmax probability of that class
+    predicted: list[int]  # the model's top-1 class
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    return [info["module"] for info in getattr(model, "feature_info", [])]
+
+
+def default_layer(model: nn.Module) -> str:
+    names = stage_names(model)
+    if not names:
+        raise ConfigError("the model lists no stages (feature_info); pass --layer NAME")
+    return names[-1]  # layer4, or layer3 for the CIFAR ResNets
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        raise ConfigError(f"model has no module {name!r}; its stages are {', '.join(stage_names(model))} "
+                          f"(any module name works, e.g. layer2.0.conv1)")
+    return modules[name]
+
+
+def grad_cam(model: nn.Module, images: torch.Tensor, layer: str | None = None,
+             class_index: int | None = None) -> CamResult:
+    """Grad-CAM of `images` (B, C, H, W) for `class_index`, or for each image's predicted class."""
+    name = layer or default_layer(model)
+    module = find_layer(model, name)
+    if class_index is not None and not 0 <= class_index < model.num_classes:
+        raise ConfigError(f"--class-index {class_index} is outside 0..{model.num_classes - 1}")
+    saved: dict[str, torch.Tensor] = {}
+
+    def keep(_: nn.Module, __: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(output) or output.ndim != 4:
+            shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+            raise ConfigError(f"layer {name!r} gives {shape}, not a (B, C, H, W) feature map; "
+                              f"try one of {', '.join(stage_names(model))}")
+        saved["activations"] = output
+        output.register_hook(lambda grad: saved.__setitem__("gradients", grad))
+        # Hand the rest of the network a copy: an in-place op downstream (ReLU(inplace=True), `out += x`)
+        # would otherwise overwrite the activations we keep and break their backward.
+        return output.clone()
+
+    model.eval()
+    images = images.detach().requires_grad_(True)  # a graph to the layer even when the weights are frozen
+    handle = module.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(images)  # (B, num_classes)
+            predicted = logits.argmax(dim=1)
+            target = predicted if class_index is None else torch.full_like(predicted, class_index)
+            model.zero_grad(set_to_none=True)
+            logits.gather(1, target[:, None]).sum().backward()  # images are independent: one backward for all
+    finally:
+        handle.remove()
+    acts, grads = saved["activations"].detach(), saved["gradients"]  # (B, K, h, w) each
+    weights = grads.mean(dim=(2, 3), keepdim=True)  # alpha_k, (B, K, 1, 1)
+    cam = F.relu((weights * acts).sum(dim=1, keepdim=True))  # (B, 1, h, w)
+    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
+    probs = logits.detach().float().softmax(dim=1).gather(1, target[:, None])[:, 0]
+    return CamResult((cam / peak).clamp(0, 1).cpu(), target.tolist(), probs.tolist(), predicted.tolist())
+
+
+def denormalize(image: torch.Tensor, data_cfg: dict) -> np.ndarray:
+    """A normalised (C, H, W) input back to an (H, W, 3) float image in [0, 1] for display."""
+    mean = torch.tensor(data_cfg["mean"], dtype=image.dtype)[:, None, None]
+    std = torch.tensor(data_cfg["std"], dtype=image.dtype)[:, None, None]
+    rgb = (image.cpu() * std + mean).clamp(0, 1)
+    if rgb.shape[0] == 1:
+        rgb = rgb.expand(3, -1, -1)
+    return rgb[:3].permute(1, 2, 0).numpy()
+
+
+def save_cam_figure(rgb: np.ndarray, heatmap: np.ndarray, title: str, path: str | Path, dpi: int = 100) -> Path:
+    """Two panels: the model's input, and the heatmap (jet colormap) blended over it."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    overlay = (1 - CAM_ALPHA) * rgb + CAM_ALPHA * colormaps["jet"](heatmap)[..., :3]
+    fig = Figure(figsize=(8, 4.4), dpi=dpi, layout="constrained")
+    for ax, img, label in zip(fig.subplots(1, 2), (rgb, overlay), ("input", "Grad-CAM")):
+        ax.imshow(img, interpolation="bilinear")
+        ax.set_title(label, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    stem = re.sub(r"[^\w.-]+", "_", path.stem) or "image"
+    name, n = f"{stem}_cam.png", 2
+    while name in used:  # same file name in two folders
+        name, n = f"{stem}-{n}_cam.png", n + 1
+    used.add(name)
+    return name
+
+
+def cam_images(model: nn.Module, paths: Sequence[str | Path], output_dir: str | Path, *, layer: str | None = None,
+               class_index: int | None = None, batch_size: int = 16, device: str | None = None,
+               warn: Warn = warn_stderr) -> list[tuple[Path, CamResult]]:
+    """Write `<name>_cam.png` into `output_dir` for each readable image; returns (png, 1-image result) pairs."""
+    name = layer or default_layer(model)
+    find_layer(model, name)  # fail on a wrong name before reading any image
+    dev = resolve_device(device)
+    model.to(dev)
+    names = class_names_of(model)
+    data_cfg = model.pretrained_cfg
+    transform = eval_transform(data_cfg)
+    out_dir, used = Path(output_dir), set()
+    written: list[tuple[Path, CamResult]] = []
+    for files, images in batched(read_images(paths, transform, warn), batch_size):
+        result = grad_cam(model, images.to(dev), name, class_index)
+        for i, file in enumerate(files):
+            c, p = result.class_indices[i], result.probabilities[i]
+            shown = "predicted" if c == result.predicted[i] else f"predicted {names[result.predicted[i]]}; shown"
+            title = f"{file.name}: {shown} {names[c]} (p={p:.3f}), {name}"
+            png = save_cam_figure(denormalize(images[i], data_cfg), result.heatmaps[i].numpy(), title,
+                                  out_dir / _output_name(file, used))
+            single = CamResult(result.heatmaps[i:i + 1], [c], [p], [result.predicted[i]])
+            written.append((png, single))
+    require_some(len(written), list(paths))
+    return written

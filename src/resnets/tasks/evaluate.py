@@ -1,0 +1,86 @@
+"""`resnets eval`: accuracy, per-class report and confusion matrix of a checkpoint on an image folder."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from ..data import DataError, eval_transform
+from ..errors import ConfigError
+from ..fileio import atomic_write_json
+from ..models.weights import load_model, resolve_checkpoint
+from ..reports import (classification_report, confusion_matrix, plot_confusion_matrix, write_confusion_csv,
+                       write_report_csv)
+from .common import beside_checkpoint, resolve_device
+
+EVAL_DIR = "eval"
+FILES = {"summary": "eval.json", "report": "per_class.csv", "confusion_csv": "confusion_matrix.csv",
+         "confusion_png": "confusion_matrix.png"}
+
+
+@dataclass
+class EvalSummary:
+    top1: float  # percent
+    top5: float  # percent; with fewer than 5 classes, top-k over all of them (100)
+    loss: float
+    num_samples: int
+    checkpoint: str
+    data_dir: str
+    class_names: list[str]
+    per_class: list[dict[str, Any]] = field(repr=False)
+    confusion: list[list[int]] = field(repr=False)  # rows: true class; in confusion_matrix.csv, not eval.json
+    output_dir: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("top1", "top5", "loss", "num_samples", "checkpoint", "data_dir",
+                                               "class_names", "per_class", "files")}
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_name: str | None = None,
+                        batch_size: int = 64, workers: int = 2, device: str | None = None,
+                        img_size: int | None = None, output_dir: str | Path | None = None) -> EvalSummary:
+    """Evaluate a checkpoint on an ImageFolder (DIR/val, else DIR/test, else DIR) and write the reports.
+
+    Args:
+        checkpoint: a run directory, `save_pretrained` folder or weights file.
+        model_name: architecture of a bare state dict (files written by resnets carry their own).
+        img_size: evaluate at another resolution than the checkpoint's preprocessing says.
+        output_dir: where eval.json, per_class.csv and confusion_matrix.{csv,png} go
+            (default: `eval/` in the run directory, or beside the weights file).
+
+    Raises DataError when the folder's classes are not the checkpoint's, before anything is written.
+    """
+    from ..data.datasets import load_eval_set
+    from ..train.loop import evaluate
+
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(f"batch size must be >= 1 and workers >= 0 (got {batch_size} and {workers})")
+    dev = resolve_device(device)
+    weights = resolve_checkpoint(checkpoint)
+    model = load_model(checkpoint, model_name)
+    names = getattr(model, "class_names", None)
+    dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg, img_size), names)
+    if len(class_names) != model.num_classes:  # only reachable when the checkpoint names no classes
+        raise DataError(f"{data_dir} has {len(class_names)} classes but the model predicts {model.num_classes}")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
+                        pin_memory=dev.type == "cuda")
+    result = evaluate(model.to(dev), loader, dev)
+
+    out = Path(output_dir) if output_dir is not None else beside_checkpoint(checkpoint, EVAL_DIR)
+    per_class = classification_report(result.targets, result.predictions, class_names)
+    cm = confusion_matrix(result.targets, result.predictions, len(class_names))
+    files = {key: str(out / name) for key, name in FILES.items()}
+    summary = EvalSummary(top1=result.top1, top5=result.top5, loss=result.loss, num_samples=result.num_samples,
+                          checkpoint=str(weights), data_dir=str(data_dir), class_names=list(class_names),
+                          per_class=per_class, confusion=cm.tolist(), output_dir=str(out), files=files)
+    write_report_csv(per_class, files["report"])
+    write_confusion_csv(cm, class_names, files["confusion_csv"])
+    plot_confusion_matrix(cm, class_names, files["confusion_png"],
+                          title=f"{weights.parent.name}/{weights.name} on {Path(data_dir).name}: "
+                                f"top-1 {result.top1:.2f}%")
+    atomic_write_json(files["summary"], summary.to_json())  # last: its presence means the rest is there
+    return summary
+

@@ -1,0 +1,67 @@
+"""`resnets predict`: top-k classes of image files, with preprocessing rebuilt from the checkpoint alone."""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..data import eval_transform
+from ..errors import ConfigError
+from .common import Warn, batched, class_names_of, read_images, require_some, resolve_device, warn_stderr
+
+DEFAULT_TOPK = 5
+
+
+@dataclass
+class Prediction:
+    file: str
+    classes: list[str]  # best first
+    probabilities: list[float]  # softmax probabilities, same order
+
+
+def check_topk(topk: int | None, num_classes: int) -> int:
+    """`None` means 5, or every class when there are fewer; more than the model's classes is an error."""
+    if topk is None:
+        return min(DEFAULT_TOPK, num_classes)
+    if not 1 <= topk <= num_classes:
+        raise ConfigError(f"--topk {topk}: the model has {num_classes} classes, so k must be in 1..{num_classes}")
+    return topk
+
+
+@torch.inference_mode()
+def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int | None = None,
+                   batch_size: int = 32, device: str | None = None, warn: Warn = warn_stderr) -> list[Prediction]:
+    """Top-k predictions for every readable image among `paths` (files or folders), in input order.
+
+    Unreadable files are skipped through `warn`; DataError when no image could be read.
+    """
+    k = check_topk(topk, model.num_classes)
+    dev = resolve_device(device)
+    names = class_names_of(model)
+    transform = eval_transform(model.pretrained_cfg)
+    model.eval().to(dev)
+    out: list[Prediction] = []
+    for files, images in batched(read_images(paths, transform, warn), batch_size):
+        probs = model(images.to(dev)).float().softmax(dim=1)  # (B, num_classes)
+        top = probs.topk(k, dim=1)
+        for file, p, idx in zip(files, top.values.cpu().tolist(), top.indices.cpu().tolist()):
+            out.append(Prediction(str(file), [names[i] for i in idx], p))
+    require_some(len(out), list(paths))
+    return out
+
+
+def predictions_csv(predictions: Sequence[Prediction]) -> str:
+    """Columns: file, top1_class, top1_prob, ..., topK_class, topK_prob."""
+    k = len(predictions[0].classes) if predictions else 0
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", *(f"top{i}_{what}" for i in range(1, k + 1) for what in ("class", "prob"))])
+    for pred in predictions:
+        writer.writerow([pred.file, *(v for name, p in zip(pred.classes, pred.probabilities)
+                                      for v in (name, f"{p:.6f}"))])
+    return buf.getvalue()

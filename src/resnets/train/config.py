@@ -1,0 +1,189 @@
+"""The one typed configuration of `resnets train`: defaults < YAML file (-c) < command-line flags."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. The resolved copy is written to the run's config.yaml.
+
+    The defaults are the embedded demo: the scikit-learn handwritten digits (1,797 8x8 images, upscaled to
+    32x32) on a CIFAR ResNet-20, about two minutes on two CPU cores.
+    """
+
+    # data
+    dataset: str = "digits"  # folder (ImageFolder), csv, digits, cifar10, cifar100
+    data_dir: str | None = None  # folder / CSV file / CIFAR root; a folder implies dataset=folder
+    val_fraction: float = 0.2  # held out (stratified, seeded) when the data has no val/ or test/ split
+    download: bool = False  # CIFAR only
+    # model
+    model: str = "cifar_resnet20"
+    pretrained: str | None = None  # weights to fine-tune from; a head of another size is re-initialised
+    num_classes: int | None = None  # taken from the data; if given it must agree
+    freeze_backbone: bool = False  # train only the classifier
+    img_size: int | None = None  # default: the model's input size
+    drop_path_rate: float = 0.0
+    # optimisation
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    opt: str = "sgd"  # sgd, nesterov, adamw, adam
+    momentum: float = 0.9
+    sched: str = "cosine"  # cosine, step, multistep, constant
+    warmup_epochs: float = 1.0  # linear warm-up from lr/100
+    decay_epochs: int = 30  # step schedule: decay every N epochs
+    decay_milestones: list[int] = dataclasses.field(default_factory=lambda: [30, 60, 90])  # multistep
+    decay_rate: float = 0.1
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off
+    ema_decay: float = 0.0  # EMA of weights, e.g. 0.999; 0 = off. Validation and best.safetensors use the EMA.
+    accum_steps: int = 1  # gradient accumulation
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    imbalance: str = "none"  # none, weights (class-weighted loss), sampler (balanced sampling)
+    patience: int = 0  # early stopping after N epochs without a better val top-1; 0 = off
+    # augmentation
+    hflip: float | None = None  # default 0.5, and 0 for digits (a mirrored 2 is not a 2)
+    auto_augment: str | None = None  # rand (RandAugment), trivial (TrivialAugmentWide)
+    random_erasing: float = 0.0
+    # runtime
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
+    channels_last: bool | None = None  # default: on CUDA
+    compile: bool = False
+    workers: int = 2
+    seed: int = 0
+    output: str = "runs"
+    name: str | None = None  # run directory name (default: time and model)
+    resume: str | None = None  # run directory or checkpoint.pt to continue
+    log_tensorboard: bool = False
+    progress: bool = True  # tqdm bars
+
+    def resolved(self) -> "TrainConfig":
+        """Fill the 'auto' fields that do not depend on the machine."""
+        cfg = dataclasses.replace(self)
+        if cfg.data_dir and cfg.dataset == "digits":
+            path = Path(cfg.data_dir)
+            cfg.dataset = "csv" if path.suffix.lower() == ".csv" else "folder"
+        if cfg.hflip is None:
+            cfg.hflip = 0.0 if cfg.dataset == "digits" else 0.5
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        choices = {"dataset": ("folder", "csv", "digits", "cifar10", "cifar100"), "opt": tuple(OPTIMIZERS),
+                   "sched": ("cosine", "step", "multistep", "constant"), "amp": ("auto", "bf16", "fp16", "off"),
+                   "imbalance": ("none", "weights", "sampler"), "auto_augment": (None, "none", "rand", "trivial")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                shown = ", ".join(str(a) for a in allowed if a is not None)
+                raise ConfigError(f"{key.replace('_', '-')}={getattr(self, key)!r} is not one of {shown}")
+        positive = ["epochs", "batch_size", "accum_steps"]
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.workers < 0 or self.patience < 0 or self.warmup_epochs < 0:
+            raise ConfigError("workers, patience and warmup-epochs must be >= 0")
+        if self.dataset in ("folder", "csv") and not self.data_dir:
+            raise ConfigError(f"dataset={self.dataset} needs --data-dir")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+OPTIMIZERS = ("sgd", "nesterov", "adamw", "adam")
+SHORT_FLAGS = {"batch_size": "-b", "workers": "-j"}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def make_config(overrides: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from keyword overrides; unknown keys are an error listing the valid ones."""
+    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in overrides.items():
+        _check_type(key, value, hints[key])
+    return TrainConfig(**overrides)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    allowed = tuple(typing.get_origin(a) or a for a in allowed)
+    if value is None and type(None) in allowed:
+        return
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        names = "/".join("null" if a is type(None) else a.__name__ for a in allowed)
+        raise ConfigError(f"option {key}: expected {names}, got {value!r}")
+
+
+def field_comments() -> dict[str, str]:
+    """The comment after each field of TrainConfig: the one place an option is documented."""
+    comments = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (`--batch-size`, `--no-compile`, ...), defaults left to the dataclass."""
+    parser.add_argument("-c", "--config", help="YAML file of options; flags given here override it")
+    hints = typing.get_type_hints(TrainConfig)
+    comments = field_comments()
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        names = [SHORT_FLAGS[f.name], flag] if f.name in SHORT_FLAGS else [flag]
+        hint = hints[f.name]
+        base = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)][0]
+        default = getattr(defaults, f.name)
+        help_text = comments.get(f.name, "").replace("%", "%%")
+        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
+                                      help=f"{help_text} [default: {default}]" if help_text else f"[default: {default}]")
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is list:
+            kwargs.update(type=int, nargs="+")
+        else:
+            kwargs["type"] = base
+        parser.add_argument(*names, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
+    return make_config({**values, **flags})

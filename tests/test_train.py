@@ -1,0 +1,222 @@
+"""`resnets train` end to end: the default run, an ImageFolder of real files, fine-tuning, outputs, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+import resnets
+from resnets.cli import main
+from resnets.train.config import TrainConfig
+from resnets.train.plots import plot_curves
+
+WORDS = ["circle", "stripe", "checker"]
+FAST = dict(progress=False, workers=0)  # worker start-up costs more than it saves on these sizes
+
+
+def pattern_image(label: int, rng: np.random.Generator, size: int = 36) -> np.ndarray:
+    img = rng.integers(60, 190, (size, size, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    c = size // 2 + rng.integers(-4, 5, 2)
+    if label == 0:
+        img[(yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size // 4) ** 2] = (230, 20, 20)
+    elif label == 1:
+        img[np.abs(yy - c[0]) < size // 6] = (20, 220, 20)
+    else:
+        img[((yy // 4 + xx // 4) % 2 == 0)] = (20, 20, 230)
+    return img
+
+
+def make_folder(root: Path, per_class: int = 10, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, word in enumerate(WORDS):
+        (root / word).mkdir(parents=True)
+        for i in range(per_class):
+            ext = "png" if i % 2 else "jpg"
+            Image.fromarray(pattern_image(label, rng)).save(root / word / f"img{i}.{ext}")
+    return root
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """One short training run on a folder of PNG/JPEG files with word class names."""
+    root = tmp_path_factory.mktemp("folder")
+    data = make_folder(root / "shapes")
+    result = resnets.train(data_dir=str(data), model="cifar_resnet20", epochs=3, batch_size=8, lr=0.05,
+                           output=str(root / "runs"), img_size=32, **FAST)
+    return data, result
+
+
+def test_default_config_is_the_digits_demo():
+    cfg = TrainConfig().resolved()
+    assert cfg.dataset == "digits" and cfg.model.startswith("cifar_") and cfg.hflip == 0.0
+
+
+def test_default_digits_run_short(tmp_path):
+    """A shortened default run (2 of its epochs): already far above chance (10%)."""
+    result = resnets.train(epochs=2, output=str(tmp_path), **FAST)
+    assert result.best_top1 >= 60.0, result.metrics
+    assert result.metrics["val_samples"] == 360 or result.metrics["val_samples"] == 359
+
+
+@pytest.mark.slow
+def test_default_digits_run_reaches_95(tmp_path):
+    """The embedded default exactly as `make demo` runs it: at least 95% validation top-1."""
+    code = main(["train", "--output", str(tmp_path), "--no-progress"])
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["best_top1"] >= 95.0
+
+
+def test_run_directory_is_complete_and_consistent(folder_run):
+    data, result = folder_run
+    run = result.run_dir
+    for name in ["config.yaml", "summary.csv", "curves.png", "metrics.json", "best.safetensors", "last.safetensors",
+                 "checkpoint.pt", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv"]:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data_dir"] == str(data) and config["epochs"] == 3 and config["dataset"] == "folder"
+
+    rows = list(csv.DictReader((run / "summary.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
+                            "lr", "seconds"}
+    val_top1 = [float(r["val_top1"]) for r in rows]
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_top1"] == pytest.approx(max(val_top1), abs=1e-3)
+    assert metrics["best_epoch"] == 1 + val_top1.index(max(val_top1))
+    assert metrics["class_names"] == sorted(WORDS)
+    assert {r["class"] for r in metrics["per_class"]} >= set(WORDS)
+
+    img = Image.open(run / "curves.png")
+    assert img.format == "PNG" and img.size == (1000, 400)
+    assert len(np.unique(np.asarray(img.convert("L")))) > 10  # drawn, not blank
+
+    best = load_file(str(run / "best.safetensors"))
+    assert all(torch.isfinite(t).all() for t in best.values() if t.is_floating_point())
+    cm = np.loadtxt(run / "confusion_matrix.csv", delimiter=",", skiprows=1, usecols=range(1, 4))
+    assert cm.sum() == metrics["val_samples"] == 6
+
+
+def test_curves_plot_draws_the_summary_numbers(tmp_path):
+    rows = [dict(epoch=e, train_loss=2.0 / e, val_loss=2.5 / e, train_top1=10.0 * e, val_top1=9.0 * e)
+            for e in (1, 2, 3)]
+    drawn = plot_curves(rows, tmp_path / "c.png")
+    assert drawn["val_top1"] == [9.0, 18.0, 27.0] and drawn["train_loss"] == [2.0, 1.0, 2.0 / 3]
+    assert Image.open(tmp_path / "c.png").format == "PNG"
+
+
+def test_folder_run_then_eval_predict_export(folder_run, tmp_path, capsys):
+    data, result = folder_run
+    run = result.run_dir
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", run, "--data-dir", data, "--output", tmp_path / "ev")
+    assert code == 0, err
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["num_samples"] == 30 and 0 <= report["top1"] <= 100
+
+    files = sorted((data / "circle").iterdir())[:3] + sorted((data / "checker").iterdir())[:2]
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", run, "--topk", "2", "--output", tmp_path / "p.csv",
+                             *files)
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [Path(r["file"]).name for r in rows] == [f.name for f in files]
+    assert all(r["top1_class"] in WORDS for r in rows)
+
+    code, out, err = run_cli(capsys, "export", "--checkpoint", run, "--format", "onnx", "--output",
+                             tmp_path / "m.onnx")
+    assert code == 0, err
+    import onnxruntime as ort
+
+    model = resnets.models.weights.load_model(run)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 32, 32)  # a batch size the export did not use
+    (onnx_out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    np.testing.assert_allclose(onnx_out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_finetune_from_1000_class_checkpoint_loads_every_backbone_tensor(tmp_path):
+    source = resnets.create_model("cifar_resnet20", num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "imagenet-style.pth")
+    result = resnets.train(pretrained=str(tmp_path / "imagenet-style.pth"), freeze_backbone=True, epochs=1,
+                           output=str(tmp_path / "runs"), **FAST)
+    tuned = load_file(str(result.run_dir / "best.safetensors"))
+    assert tuned["fc.weight"].shape == (10, 64)
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    assert set(backbone) <= set(tuned)
+    for key, value in backbone.items():  # frozen: weights and BN statistics exactly as loaded
+        assert torch.equal(tuned[key], value), key
+
+
+def test_yaml_config_and_flags_on_top(tmp_path, capsys):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("epochs: 5\nlr: 0.2\nname: fromyaml\n")
+    from resnets.train.commands import add_commands  # noqa: F401  (parser built through main)
+    from resnets.cli import build_parser
+    from resnets.train.config import config_from_args
+
+    args = build_parser().parse_args(["train", "-c", str(cfg_file), "--epochs", "1", "-b", "16"])
+    cfg = config_from_args(args)
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.name) == (1, 0.2, 16, "fromyaml")
+
+
+@pytest.mark.parametrize("setup,argv,needle", [
+    (None, ["--data-dir", "{tmp}/missing"], "missing"),
+    ("empty", ["--data-dir", "{tmp}/data"], "no images"),
+    ("one_class", ["--data-dir", "{tmp}/data"], "class"),
+    ("singleton", ["--data-dir", "{tmp}/data"], "cherry"),
+    (None, ["--model", "resnet5O"], "resnet50"),
+    (None, ["--optimizer", "sgd"], "unrecognized"),
+    (None, ["--opt", "lbfgs"], "opt"),
+    (None, ["--model", "resnet18", "--img-size", "16"], "too small"),
+    ("bad_yaml", ["-c", "{tmp}/c.yaml"], "colour"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, setup, argv, needle):
+    data = tmp_path / "data"
+    if setup == "empty":
+        data.mkdir()
+        (data / "notes.txt").write_text("not an image")
+    elif setup == "one_class":
+        make_folder(tmp_path / "all")
+        (data).mkdir()
+        (tmp_path / "all" / "circle").rename(data / "circle")
+    elif setup == "singleton":
+        make_folder(data, per_class=4)
+        (data / "cherry").mkdir()
+        Image.fromarray(pattern_image(0, np.random.default_rng(0))).save(data / "cherry" / "only.png")
+    elif setup == "bad_yaml":
+        (tmp_path / "c.yaml").write_text("epochs: 1\ncolour: red\n")
+    out_dir = tmp_path / "runs"
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) if needle == "unrecognized" else _nullcontext() as exit_info:
+        code, out, err = run_cli(capsys, "train", "--output", out_dir, "--no-progress", "--epochs", "1", *argv)
+    if needle == "unrecognized":  # argparse's own usage error: exit 2 too
+        assert exit_info.value.code == 2
+        return
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert "Traceback" not in err
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
