@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import resnets
 from resnets.cli import main
-from resnets.train.config import TrainConfig
-from resnets.train.plots import plot_curves
+from resnets.training.config import TrainConfig
+from resnets.training.plots import plot_curves
 
 WORDS = ["circle", "stripe", "checker"]
 FAST = dict(progress=False, workers=0)  # worker start-up costs more than it saves on these sizes
@@ -168,9 +168,9 @@ def test_finetune_from_1000_class_checkpoint_loads_every_backbone_tensor(tmp_pat
 def test_yaml_config_and_flags_on_top(tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("epochs: 5\nlr: 0.2\nname: fromyaml\n")
-    from resnets.train.commands import add_commands  # noqa: F401  (parser built through main)
+    from resnets.training.commands import add_commands  # noqa: F401  (parser built through main)
     from resnets.cli import build_parser
-    from resnets.train.config import config_from_args
+    from resnets.training.config import config_from_args
 
     args = build_parser().parse_args(["train", "-c", str(cfg_file), "--epochs", "1", "-b", "16"])
     cfg = config_from_args(args)

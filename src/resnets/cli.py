@@ -43,6 +43,30 @@ def cmd_design(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .bench import BenchSettings, format_table, run_bench
+    from .fileio import atomic_write_json
+
+    on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if args.data != "synthetic":
+        raise ResnetsError("--data DIR is not implemented yet; use --data synthetic")
+    settings = BenchSettings(
+        model=args.model, mode=args.mode, device=args.device,
+        batch_size=args.batch_size or (256 if on_cuda else 16), img_size=args.img_size, steps=args.steps,
+        warmup=args.warmup, rounds=args.rounds, amp=args.amp or ("bf16" if on_cuda else "off"),
+        compile=args.compile, channels_last=args.channels_last,
+        compare=tuple(c for c in (args.compare or "").split(",") if c))
+    report = run_bench(settings, log=lambda m: print(m, file=sys.stderr))
+    print(format_table(report))
+    if args.json:
+        atomic_write_json(args.json, report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnets", description="The ResNet family in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -64,8 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=224)
     p.set_defaults(func=cmd_design)
 
+    p = sub.add_parser("bench", help="training/inference throughput, against torchvision and timm",
+                       description="Images per second of resnets and, with --compare, the reference "
+                                   "implementation of the same architecture, alternating in one process.")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="default: 256 on CUDA, 16 on CPU")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per implementation and round")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None, help="default: bf16 on CUDA, off on CPU")
+    p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead"), default="off")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--data", default="synthetic", help="synthetic (random tensors on the device)")
+    p.add_argument("--compare", default="", help="comma-separated: torchvision,timm")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the full report (every step time)")
+    p.set_defaults(func=cmd_bench)
+
     from .tasks.commands import add_commands as add_task_commands
-    from .train.commands import add_commands as add_train_commands
+    from .training.commands import add_commands as add_train_commands
 
     add_train_commands(sub)
     add_task_commands(sub)

@@ -54,7 +54,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_n
     Raises DataError when the folder's classes are not the checkpoint's, before anything is written.
     """
     from ..data.datasets import load_eval_set
-    from ..train.loop import evaluate
+    from ..training.loop import evaluate
 
     if batch_size < 1 or workers < 0:
         raise ConfigError(f"batch size must be >= 1 and workers >= 0 (got {batch_size} and {workers})")

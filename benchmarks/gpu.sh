@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# GPU benchmark batch used for BENCHMARKS.md: one call of the device tool runs a whole phase.
+#   bash benchmarks/gpu.sh eager|compiled OUTDIR
+# Runs from source (PYTHONPATH=src) with the torch/timm/torchvision installed on the machine.
+set -u
+phase=${1:-eager}
+out=${2:-${OUT:-/tmp/bench}}
+mkdir -p "$out/json"
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/gpu.txt"
+run() {  # name, then bench arguments
+  local name=$1; shift
+  echo "=== $name: resnets bench $*"
+  timeout 900 python3 -m resnets bench "$@" --json "$out/json/$name.json" 2>&1 | grep -v "^W1\|UserWarning"
+}
+case $phase in
+  eager)
+    for m in resnet50 resnext50_32x4d res2net50_26w_4s resnet18; do
+      refs=timm,torchvision; [ $m = res2net50_26w_4s ] && refs=timm
+      run "$m-train-eager" --model $m --mode train --compare $refs
+      run "$m-infer-eager" --model $m --mode infer --compare timm
+    done ;;
+  compiled)
+    for m in resnet50 resnext50_32x4d; do
+      run "$m-train-compiled" --model $m --mode train --compile default --compare timm --rounds 2
+      run "$m-infer-compiled" --model $m --mode infer --compile default --compare timm --rounds 2
+    done ;;
+esac
+python3 - "$out" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+with open(out / "bench.jsonl", "w") as f:
+    for p in sorted((out / "json").glob("*.json")):
+        r = json.loads(p.read_text())
+        for res in r["results"]:
+            res.pop("step_ms", None)  # keep the summary small; medians and p90 stay
+        f.write(json.dumps({"name": p.stem, **r}) + "\n")
+PY

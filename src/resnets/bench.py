@@ -1,0 +1,249 @@
+"""`resnets bench`: images per second of a training or inference step, against torchvision and timm.
+
+Every implementation runs in the same process with the same settings, alternating in rounds so that
+clock and thermal drift hit all of them alike. Step times come from CUDA events on the GPU (no host sync
+inside the timed loop) and from the wall clock on the CPU.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+REFERENCE_LIBS = ("torchvision", "timm")
+
+
+@dataclass
+class BenchSettings:
+    model: str = "resnet50"
+    mode: str = "train"  # train (forward + backward + SGD momentum step) or infer
+    device: str = "auto"
+    batch_size: int = 256
+    img_size: int | None = None  # default: the model's
+    steps: int = 20  # timed steps per implementation per round
+    warmup: int = 5  # untimed steps before the first round (compilation happens here)
+    rounds: int = 3
+    amp: str = "bf16"  # bf16, fp16, off (CPU: off unless asked)
+    compile: str = "off"  # off, default, max-autotune, reduce-overhead
+    channels_last: bool = True
+    compare: tuple[str, ...] = ()
+    num_classes: int = 1000
+
+
+@dataclass
+class BenchResult:
+    impl: str
+    images_per_second: float
+    step_ms_median: float
+    step_ms_p90: float
+    peak_memory_mib: float | None
+    mfu: float | None  # model FLOPs (MACs x 2, x 3 for training) per second over the measured matmul peak
+    warmup_seconds: float
+    step_ms: list[float] = field(repr=False)
+
+
+def reference_model(lib: str, name: str, num_classes: int) -> nn.Module:
+    """The same architecture from torchvision or timm (randomly initialised), or ConfigError."""
+    if lib == "torchvision":
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ConfigError(f"torchvision has no {name}")
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if lib == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ConfigError("--compare timm needs timm installed (pip install timm)") from None
+        if name not in timm.list_models(name):
+            raise ConfigError(f"timm has no {name}")
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    raise ConfigError(f"unknown reference {lib!r}; choose from {', '.join(REFERENCE_LIBS)}")
+
+
+def matmul_peak_flops(device: torch.device) -> float:
+    """Measured dense matmul rate: bf16 on CUDA (8192^3), fp32 on CPU (1024^3), FLOP/s."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps = 20 if device.type == "cuda" else 5
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, amp: str):
+    from .training.loop import autocast_context
+
+    return autocast_context(device, amp)
+
+
+def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One training or inference step. `fused` picks resnets' step: the fused SGD kernel on CUDA (one launch
+    for all parameters) for training, BN folded into the convs for inference."""
+    if s.mode == "infer":
+        model.eval()
+        if fused:  # resnets' inference path: BN folded into the convs
+            from .models.inference import fold_batchnorm
+
+            model = fold_batchnorm(model)
+
+        def infer(x: torch.Tensor, y: torch.Tensor) -> None:
+            with torch.inference_mode(), _autocast(device, s.amp):
+                model(x)
+
+        return torch.compile(infer, mode=None if s.compile == "default" else s.compile) if s.compile != "off" else infer
+
+    model.train()
+    opt_kwargs: dict[str, Any] = dict(lr=0.1, momentum=0.9, weight_decay=5e-5)
+    if fused and device.type == "cuda":
+        opt_kwargs["fused"] = True
+    optimizer = torch.optim.SGD(model.parameters(), **opt_kwargs)
+    forward = model
+    if s.compile != "off":
+        forward = torch.compile(model, mode=None if s.compile == "default" else s.compile)
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with _autocast(device, s.amp):
+            loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from .analysis.flops import check_img_size, count_macs, meta_model
+    from .models import create_model
+
+    if s.mode not in ("train", "infer"):
+        raise ConfigError(f"mode {s.mode!r} is not train or infer")
+    if s.amp not in ("bf16", "fp16", "off"):
+        raise ConfigError(f"amp {s.amp!r} is not bf16, fp16 or off")
+    if s.compile not in ("off", "default", "max-autotune", "reduce-overhead"):
+        raise ConfigError(f"compile {s.compile!r} is not off, default, max-autotune or reduce-overhead")
+    if min(s.batch_size, s.steps, s.rounds) < 1 or s.warmup < 0:
+        raise ConfigError("batch-size, steps and rounds must be >= 1, warmup >= 0")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda asked for, but no CUDA GPU is available here")
+
+    shapes = meta_model(s.model, num_classes=s.num_classes)
+    size = s.img_size or shapes.pretrained_cfg["input_size"][-1]
+    check_img_size(shapes, size)
+    macs, _ = count_macs(shapes, (3, size, size))
+    flops_per_image = macs * 2 * (3 if s.mode == "train" else 1)
+
+    builders: dict[str, Callable[[], nn.Module]] = {"resnets": lambda: create_model(s.model, num_classes=s.num_classes)}
+    for lib in s.compare:
+        reference_model(lib, s.model, s.num_classes)  # fail early, before any timing
+        builders[lib] = lambda lib=lib: reference_model(lib, s.model, s.num_classes)
+
+    memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+    x = torch.randn(s.batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, s.num_classes, (s.batch_size,), device=device)
+
+    impls: dict[str, dict[str, Any]] = {}
+    for name, build in builders.items():
+        torch.manual_seed(0)
+        model = build().to(device, memory_format=memory_format)
+        step = make_step(model, s, device, fused=name == "resnets")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        for _ in range(max(1, s.warmup)):
+            step(x, y)
+        _sync(device)
+        impls[name] = dict(model=model, step=step, warmup=time.perf_counter() - t0, times=[],
+                           peak=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+        log(f"{name}: warm-up {impls[name]['warmup']:.1f}s")
+
+    for _ in range(s.rounds):
+        for name, impl in impls.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            impl["times"] += _time_steps(impl["step"], x, y, s.steps, device)
+            if device.type == "cuda":
+                impl["peak"] = max(impl["peak"], torch.cuda.max_memory_allocated(device))
+
+    peak_flops = matmul_peak_flops(device)
+    results = []
+    for name, impl in impls.items():
+        times = sorted(impl["times"])
+        median = statistics.median(times)
+        p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+        ips = s.batch_size / (median / 1000)
+        results.append(BenchResult(name, ips, median, p90, impl["peak"] / 2**20 if impl["peak"] else None,
+                                   ips * flops_per_image / peak_flops, impl["warmup"], impl["times"]))
+    return dict(settings=asdict(s), device=_device_name(device), torch=torch.__version__,
+                versions=_versions(), img_size=size, gmacs_per_image=macs / 1e9,
+                peak_matmul_tflops=peak_flops / 1e12, results=[asdict(r) for r in results])
+
+
+def _time_steps(step: Callable, x: torch.Tensor, y: torch.Tensor, n: int, device: torch.device) -> list[float]:
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        for start, end in events:
+            start.record()
+            step(x, y)
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step(x, y)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"torch": torch.__version__}
+    for lib in REFERENCE_LIBS:
+        try:
+            versions[lib] = __import__(lib).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def format_table(report: dict[str, Any]) -> str:
+    results = report["results"]
+    ours = next(r for r in results if r["impl"] == "resnets")
+    s = report["settings"]
+    lines = [f"{s['model']} {s['mode']} on {report['device']}: batch {s['batch_size']}, {report['img_size']}px, "
+             f"amp {s['amp']}, compile {s['compile']}, channels_last {s['channels_last']}; "
+             f"matmul peak {report['peak_matmul_tflops'] * 1000:,.0f} GFLOP/s",
+             f"{'impl':<12} {'img/s':>10} {'resnets/x':>9} {'ms p50':>8} {'ms p90':>8} {'peak MiB':>9} "
+             f"{'MFU':>6} {'warm-up s':>9}"]
+    for r in results:
+        ratio = ours["images_per_second"] / r["images_per_second"]
+        mem = f"{r['peak_memory_mib']:,.0f}" if r["peak_memory_mib"] else "-"
+        lines.append(f"{r['impl']:<12} {r['images_per_second']:>10,.1f} {ratio:>9.3f} {r['step_ms_median']:>8.2f} "
+                     f"{r['step_ms_p90']:>8.2f} {mem:>9} {100 * r['mfu']:>5.1f}% {r['warmup_seconds']:>9.1f}")
+    return "\n".join(lines)
