@@ -21,10 +21,11 @@ case $phase in
       run "$m-infer-eager" --model $m --mode infer --compare timm
     done ;;
   compiled)
-    for m in resnet50 resnext50_32x4d; do
-      run "$m-train-compiled" --model $m --mode train --compile default --compare timm --rounds 2
-      run "$m-infer-compiled" --model $m --mode infer --compile default --compare timm --rounds 2
-    done ;;
+    run "resnet50-infer-eager2" --model resnet50 --mode infer --compare timm
+    run "resnet50-infer-compiled" --model resnet50 --mode infer --compile default --compare timm --rounds 2
+    run "resnet50-train-compiled" --model resnet50 --mode train --compile default --compare timm --rounds 2
+    run "resnet50-train-compiled-b384" --model resnet50 --mode train --compile default -b 384 --rounds 2
+    ;;
 esac
 python3 - "$out" <<'PY'
 import json, pathlib, sys

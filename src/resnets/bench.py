@@ -96,19 +96,30 @@ def _autocast(device: torch.device, amp: str):
 
 def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One training or inference step. `fused` picks resnets' step: the fused SGD kernel on CUDA (one launch
-    for all parameters) for training, BN folded into the convs for inference."""
+    for all parameters) for training; BN folded into the convs and bf16 weights for inference on CUDA."""
     if s.mode == "infer":
         model.eval()
-        if fused:  # resnets' inference path: BN folded into the convs
+        low_precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp)
+        if fused and low_precision is not None and device.type == "cuda":
+            # resnets' inference path: BN folded into the convs, weights stored in bf16 once, so no
+            # autocast re-casts of every weight on every call.
             from .models.inference import fold_batchnorm
 
-            model = fold_batchnorm(model)
+            # Folding writes new (contiguous) weights: put them back in the input's memory format, or
+            # cuDNN converts layouts on every call (measured 10% slower on an H100).
+            memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+            model = fold_batchnorm(model).to(low_precision, memory_format=memory_format)
+        forward = torch.compile(model, mode=None if s.compile == "default" else s.compile) if s.compile != "off" else model
 
         def infer(x: torch.Tensor, y: torch.Tensor) -> None:
-            with torch.inference_mode(), _autocast(device, s.amp):
-                model(x)
+            if low_precision is not None and fused and device.type == "cuda":
+                with torch.inference_mode():
+                    forward(x.to(low_precision))
+            else:
+                with torch.inference_mode(), _autocast(device, s.amp):
+                    forward(x)
 
-        return torch.compile(infer, mode=None if s.compile == "default" else s.compile) if s.compile != "off" else infer
+        return infer
 
     model.train()
     opt_kwargs: dict[str, Any] = dict(lr=0.1, momentum=0.9, weight_decay=5e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
 import types
 import typing
@@ -37,7 +38,7 @@ class TrainConfig:
     img_size: int | None = None  # default: the model's input size
     drop_path_rate: float = 0.0
     # optimisation
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 64
     lr: float = 0.1
     weight_decay: float = 5e-4
@@ -65,7 +66,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
     channels_last: bool | None = None  # default: on CUDA
     compile: bool = False
-    workers: int = 2
+    workers: int | None = None  # data-loading processes; default 0 for in-memory data (digits), else min(8, cores)
     seed: int = 0
     output: str = "runs"
     name: str | None = None  # run directory name (default: time and model)
@@ -79,6 +80,10 @@ class TrainConfig:
         if cfg.data_dir and cfg.dataset == "digits":
             path = Path(cfg.data_dir)
             cfg.dataset = "csv" if path.suffix.lower() == ".csv" else "folder"
+        if cfg.workers is None:
+            # Worker processes only pay off when there are files to decode; on in-memory tensors they
+            # just compete with the training threads (digits on 2 cores: 268 img/s with 0, 211 with 2).
+            cfg.workers = 0 if cfg.dataset == "digits" else min(8, os.cpu_count() or 1)
         if cfg.hflip is None:
             cfg.hflip = 0.0 if cfg.dataset == "digits" else 0.5
         cfg.validate()
@@ -98,7 +103,7 @@ class TrainConfig:
                 raise ConfigError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.workers < 0 or self.patience < 0 or self.warmup_epochs < 0:
+        if (self.workers or 0) < 0 or self.patience < 0 or self.warmup_epochs < 0:
             raise ConfigError("workers, patience and warmup-epochs must be >= 0")
         if self.dataset in ("folder", "csv") and not self.data_dir:
             raise ConfigError(f"dataset={self.dataset} needs --data-dir")
