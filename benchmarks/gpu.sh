@@ -20,8 +20,13 @@ case $phase in
       run "$m-train-eager" --model $m --mode train --compare $refs
       run "$m-infer-eager" --model $m --mode infer --compare timm
     done ;;
+  infer)
+    for m in resnet50 resnext50_32x4d res2net50_26w_4s resnet18; do
+      run "$m-infer-eager" --model $m --mode infer --compare timm
+    done
+    run "resnet50-infer-compiled" --model resnet50 --mode infer --compile default --compare timm --rounds 2
+    ;;
   compiled)
-    run "resnet50-infer-eager2" --model resnet50 --mode infer --compare timm
     run "resnet50-infer-compiled" --model resnet50 --mode infer --compile default --compare timm --rounds 2
     run "resnet50-train-compiled" --model resnet50 --mode train --compile default --compare timm --rounds 2
     run "resnet50-train-compiled-b384" --model resnet50 --mode train --compile default -b 384 --rounds 2
