@@ -72,7 +72,7 @@ class TrainConfig:
     name: str | None = None  # run directory name (default: time and model)
     resume: str | None = None  # run directory or checkpoint.pt to continue
     log_tensorboard: bool = False
-    progress: bool = True  # tqdm bars
+    progress: bool = True  # tqdm bars (shown only on a terminal)
 
     def resolved(self) -> "TrainConfig":
         """Fill the 'auto' fields that do not depend on the machine."""

@@ -133,7 +133,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
     total_loss, correct1, correct5, seen, start = 0.0, 0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress,
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if cfg.progress else True,
                dynamic_ncols=True, file=sys.stderr)
     optimizer.zero_grad(set_to_none=True)
     for i, (images, labels) in enumerate(bar):
