@@ -107,11 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write the full report (every step time)")
     p.set_defaults(func=cmd_bench)
 
+    from .data.commands import add_commands as add_data_commands
     from .tasks.commands import add_commands as add_task_commands
     from .training.commands import add_commands as add_train_commands
 
     add_train_commands(sub)
     add_task_commands(sub)
+    add_data_commands(sub)
     return parser
 
 
