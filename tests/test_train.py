@@ -85,8 +85,10 @@ def test_run_directory_is_complete_and_consistent(folder_run):
     data, result = folder_run
     run = result.run_dir
     for name in ["config.yaml", "summary.csv", "curves.png", "metrics.json", "best.safetensors", "last.safetensors",
-                 "checkpoint.pt", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv"]:
+                 "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv"]:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    resume_files = sorted(p.name for p in run.glob("checkpoint-*.pt"))
+    assert resume_files == ["checkpoint-0003-000000006.pt", "checkpoint-0004-000000009.pt"]  # the last 2 kept
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
     config = yaml.safe_load((run / "config.yaml").read_text())

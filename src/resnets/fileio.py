@@ -1,11 +1,15 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file under its final name."""
+"""Atomic file writes (a reader, or a crash, never sees a half-written file under its final name) and
+content checksums (a damaged file is refused, not trusted)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -42,3 +46,28 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 over a nest of dicts/lists of tensors and primitives (keys sorted, tensors by dtype/shape/bytes)."""
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"D")
+            for k in sorted(x, key=str):
+                h.update(repr(k).encode())
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(b"L%d" % len(x))
+            for v in x:
+                feed(v)
+        else:
+            h.update(repr(x).encode())
+
+    feed(obj)
+    return h.hexdigest()

@@ -19,10 +19,11 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, content_digest
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 METADATA_KEY = "resnets"  # safetensors metadata entry holding the JSON of `model_metadata`
+DIGEST_KEY = "sha256"  # safetensors metadata entry: content_digest of the tensors (catches bit flips)
 RUN_WEIGHTS = ("best.safetensors", "last.safetensors")  # what a training run directory holds
 CLASSIFIER_PREFIX = "fc."
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -68,11 +69,14 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
-                metadata = _maybe_json((f.metadata() or {}).get(METADATA_KEY, "{}"))
+                header = f.metadata() or {}
+            metadata = _maybe_json(header.get(METADATA_KEY, "{}"))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_short(e)})") from None
         if not isinstance(metadata, dict):
             metadata = {}
+        if DIGEST_KEY in header and content_digest(state) != header[DIGEST_KEY]:
+            raise CheckpointError(f"{path}: content does not match its checksum (the file is damaged)")
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -166,7 +170,11 @@ def save_weights(model: nn.Module, path: str | Path, class_names: list[str] | No
     """Atomically write the model's tensors as safetensors, with `model_metadata` inside the file."""
     meta = model_metadata(model, class_names)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return atomic_write_bytes(path, save(tensors, metadata={"format": "pt", METADATA_KEY: json.dumps(meta)}))
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # a NaN checkpoint would silently poison every later use of the file
+        raise CheckpointError(f"refusing to save {path}: non-finite values in {_preview(bad)}")
+    metadata = {"format": "pt", METADATA_KEY: json.dumps(meta), DIGEST_KEY: content_digest(tensors)}
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, class_names: list[str] | None = None) -> Path:

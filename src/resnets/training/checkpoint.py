@@ -1,8 +1,15 @@
-"""The resume state: plain tensors and primitives only, so it loads with `torch.load(weights_only=True)`."""
+"""Resume states: plain tensors and primitives (`torch.load(weights_only=True)`), atomic, checksummed, rotated.
+
+Files are `checkpoint-<epoch>-<step>.pt` in the run directory. Each holds a digest of its own content, so
+a bit flip that still unpickles is caught too. The newest `keep` are kept; a new file is complete (renamed
+into place) before an older one is removed.
+"""
 from __future__ import annotations
 
 import io
 import random
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +17,16 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, content_digest
 
-RESUME_FILE = "checkpoint.pt"
+RESUME_GLOB = "checkpoint-*.pt"
+_NAME = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")
+REQUIRED = {"model", "optimizer", "scheduler", "epoch", "batch_in_epoch", "global_step", "config", "history",
+            "digest"}
+
+
+def resume_file_name(epoch: int, global_step: int) -> str:
+    return f"checkpoint-{epoch:04d}-{global_step:09d}.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -40,24 +54,78 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def save_resume_state(path: str | Path, state: dict[str, Any]) -> None:
+def save_resume_state(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write the state atomically under its epoch/step name, then drop all but the newest `keep`."""
+    state = {**state, "digest": content_digest({k: v for k, v in state.items() if k != "digest"})}
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    path = atomic_write_bytes(run_dir / resume_file_name(state["epoch"], state["global_step"]), buf.getvalue())
+    for old in list_resume_files(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_resume_files(run_dir: Path) -> list[Path]:
+    """Resume files of a run, oldest first (by the step in their names)."""
+    files = [p for p in Path(run_dir).glob(RESUME_GLOB) if _NAME.match(p.name)]
+    return sorted(files, key=lambda p: tuple(int(g) for g in _NAME.match(p.name).groups()))  # type: ignore[union-attr]
 
 
 def load_resume_state(path: str | Path) -> dict[str, Any]:
+    """Load and verify one resume file; any damage is a CheckpointError naming the file."""
     path = Path(path)
-    if path.is_dir():
-        path = path / RESUME_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: no resume state here (expected a run directory or its {RESUME_FILE})")
+        raise CheckpointError(f"{path}: no such resume file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # damaged files fail in many ways; each means "cannot resume from this file"
+    except Exception as e:  # damaged files fail in many ways (zip, pickle, EOF); each means "unusable"
         raise CheckpointError(f"{path}: not a readable resume state ({type(e).__name__}: "
                               f"{' '.join(str(e).split())[:160]})") from None
-    required = {"model", "optimizer", "scheduler", "epoch", "config", "history"}
-    if not isinstance(state, dict) or not required <= set(state):
-        raise CheckpointError(f"{path}: not a resnets resume state (missing {sorted(required - set(state or {}))})")
+    if not isinstance(state, dict) or not REQUIRED <= set(state):
+        missing = sorted(REQUIRED - set(state)) if isinstance(state, dict) else "everything"
+        raise CheckpointError(f"{path}: not a resnets resume state (missing {missing})")
+    if content_digest({k: v for k, v in state.items() if k != "digest"}) != state["digest"]:
+        raise CheckpointError(f"{path}: content does not match its checksum (the file is damaged)")
     return state
+
+
+def newest_valid_state(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest resume file of a run that loads and verifies; damaged newer ones are skipped with a warning."""
+    files = list_resume_files(run_dir)
+    if not files:
+        raise CheckpointError(f"{run_dir}: no resume state in this run directory")
+    for path in reversed(files):
+        try:
+            return path, load_resume_state(path)
+        except CheckpointError as e:
+            print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+    raise CheckpointError(f"{run_dir}: every resume state is damaged ({len(files)} tried)")
+
+
+def find_resume(resume: str, output: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+    """(run_dir, file, state) for --resume auto | RUN_DIR | FILE."""
+    if resume == "auto":
+        runs = [d for d in Path(output).glob("*") if d.is_dir() and list_resume_files(d)]
+        if not runs:
+            raise CheckpointError(f"--resume auto: no resumable run under {output}")
+        runs.sort(key=lambda d: list_resume_files(d)[-1].stat().st_mtime)
+        for run_dir in reversed(runs):
+            try:
+                path, state = newest_valid_state(run_dir)
+                return run_dir, path, state
+            except CheckpointError as e:
+                print(f"warning: {e}", file=sys.stderr)
+        raise CheckpointError(f"--resume auto: no run under {output} has a usable resume state")
+    path = Path(resume)
+    if path.is_dir():
+        file, state = newest_valid_state(path)
+        return path, file, state
+    return path.parent, path, load_resume_state(path)
+
+
+def remove_stray_temp_files(run_dir: Path) -> list[Path]:
+    """Temp files of writes that a crash interrupted (atomic_write names them `.<name>.<random>.tmp`)."""
+    strays = [p for p in Path(run_dir).glob(".*.tmp") if p.is_file()]
+    for p in strays:
+        p.unlink(missing_ok=True)
+    return strays

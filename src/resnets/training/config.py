@@ -30,9 +30,11 @@ class TrainConfig:
     data_dir: str | None = None  # folder / CSV file / CIFAR root; a folder implies dataset=folder
     val_fraction: float = 0.2  # held out (stratified, seeded) when the data has no val/ or test/ split
     download: bool = False  # CIFAR only
+    max_bad_fraction: float = 0.01  # unreadable images allowed (skipped, in bad_files.csv); a larger share stops the run
     # model
     model: str = "cifar_resnet20"
     pretrained: str | None = None  # weights to fine-tune from; a head of another size is re-initialised
+    remap_classes: bool = False  # allow a pretrained checkpoint with other classes than the data: its head is reset
     num_classes: int | None = None  # taken from the data; if given it must agree
     freeze_backbone: bool = False  # train only the classifier
     img_size: int | None = None  # default: the model's input size
@@ -70,7 +72,11 @@ class TrainConfig:
     seed: int = 0
     output: str = "runs"
     name: str | None = None  # run directory name (default: time and model)
-    resume: str | None = None  # run directory or checkpoint.pt to continue
+    resume: str | None = None  # "auto" (newest run under --output), a run directory or a checkpoint-*.pt
+    checkpoint_every: int = 0  # also save the resume state every N optimizer steps (0: at each epoch's end)
+    keep_checkpoints: int = 2  # resume states kept per run (best.safetensors is kept apart, always)
+    skip_nonfinite: int = 0  # skip up to N non-finite losses in a row instead of stopping the run
+    deterministic: bool = False  # deterministic kernels only: identical weights from identical runs
     log_tensorboard: bool = False
     progress: bool = True  # tqdm bars (shown only on a terminal)
 
@@ -97,21 +103,27 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 shown = ", ".join(str(a) for a in allowed if a is not None)
                 raise ConfigError(f"{key.replace('_', '-')}={getattr(self, key)!r} is not one of {shown}")
-        positive = ["epochs", "batch_size", "accum_steps"]
+        positive = ["epochs", "batch_size", "accum_steps", "keep_checkpoints"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if (self.workers or 0) < 0 or self.patience < 0 or self.warmup_epochs < 0:
-            raise ConfigError("workers, patience and warmup-epochs must be >= 0")
+        if min(self.workers or 0, self.patience, self.warmup_epochs, self.checkpoint_every, self.skip_nonfinite) < 0:
+            raise ConfigError("workers, patience, warmup-epochs, checkpoint-every and skip-nonfinite must be >= 0")
         if self.dataset in ("folder", "csv") and not self.data_dir:
             raise ConfigError(f"dataset={self.dataset} needs --data-dir")
+        if not 0.0 <= self.max_bad_fraction < 1.0:
+            raise ConfigError(f"max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
 
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw", "adam")

@@ -5,33 +5,36 @@ import csv
 import io
 import dataclasses
 import math
+import os
 import random
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ..analysis.flops import check_img_size
+from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, collate_skipping
 from ..errors import ConfigError, ResnetsError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
-from .checkpoint import RESUME_FILE, load_resume_state, rng_state, save_resume_state, set_rng_state
+from .checkpoint import find_resume, remove_stray_temp_files, rng_state, save_resume_state, set_rng_state
 from .config import TrainConfig, make_config
 from .loop import EvalResult, autocast_context, evaluate, topk_correct
 from .optim import make_optimizer, make_scheduler
 from .plots import plot_curves
+from .sampling import EpochSampler, SeededItems
 
 SUMMARY_FIELDS = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr",
                   "seconds"]
@@ -92,18 +95,21 @@ def build_data(cfg: TrainConfig, data_cfg: dict[str, Any]):
     return splits
 
 
-def make_loaders(cfg: TrainConfig, splits, device: torch.device) -> tuple[DataLoader, DataLoader]:
-    generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = None
+def make_loaders(cfg: TrainConfig, splits, device: torch.device) -> tuple[SkipUnreadable, SkipUnreadable, EpochSampler]:
+    """Train and val loaders that skip unreadable files (shared `.bad_files` list), and the train sampler."""
+    weights = None
     if cfg.imbalance == "sampler":
         counts = np.bincount(splits.train_labels, minlength=len(splits.class_names))
         weights = [1.0 / counts[y] for y in splits.train_labels]
-        sampler = WeightedRandomSampler(weights, num_samples=len(weights), generator=generator)
-    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
-    train_loader = DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                              generator=generator, drop_last=len(splits.train) > cfg.batch_size, **common)
+    sampler = EpochSampler(len(splits.train), cfg.seed, weights)
+    # An own generator: iterator creation must not draw from the global RNG, which a resumed run restores.
+    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+                  generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping)
+    train_loader = DataLoader(SeededItems(splits.train, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
+                              drop_last=len(splits.train) > cfg.batch_size, **common)
     val_loader = DataLoader(splits.val, batch_size=cfg.batch_size, shuffle=False, **common)
-    return train_loader, val_loader
+    bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction)
+    return SkipUnreadable(train_loader, bad_files, keep_empty=True), SkipUnreadable(val_loader, bad_files), sampler
 
 
 def make_criterion(cfg: TrainConfig, splits, device: torch.device) -> nn.Module:
@@ -112,6 +118,25 @@ def make_criterion(cfg: TrainConfig, splits, device: torch.device) -> nn.Module:
         counts = np.bincount(splits.train_labels, minlength=len(splits.class_names)).astype(np.float64)
         weight = torch.tensor(len(splits.train_labels) / (len(counts) * counts), dtype=torch.float32, device=device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def load_pretrained(model: nn.Module, cfg: TrainConfig, class_names: list[str]) -> None:
+    """Fine-tuning weights into `model`. A head of the right size but trained on other classes (or in
+    another order) would map each of them to a wrong label: an error, unless --remap-classes resets it."""
+    from ..data.datasets import class_difference
+
+    report = load_checkpoint(model, cfg.pretrained)
+    saved = report.metadata.get("class_names")
+    difference = (class_difference([str(n) for n in saved], class_names, ordered=True)
+                  if isinstance(saved, list) and not report.skipped else None)
+    if difference and not cfg.remap_classes:
+        raise ConfigError(f"{cfg.pretrained} was trained on other classes than the data ({difference}); "
+                          f"pass --remap-classes to fine-tune it with a new head")
+    if difference:
+        model.reset_classifier(len(class_names))
+    model.class_names = list(class_names)  # load_checkpoint took the checkpoint's names
+    print(f"{report}; head re-initialised for other classes ({difference})" if difference else report,
+          file=sys.stderr)
 
 
 def make_batch_mixer(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
@@ -123,52 +148,115 @@ def make_batch_mixer(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
     return v2.RandomChoice(mixers) if len(mixers) > 1 else (mixers[0] if mixers else None)
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, device: torch.device, cfg: TrainConfig, epoch: int, amp: str, channels_last: bool,
-                    scaler: torch.amp.GradScaler, ema: nn.Module | None, mixer: v2.Transform | None,
-                    frozen_backbone: bool, step_model: nn.Module) -> dict[str, float]:
+@dataclass
+class Progress:
+    """Where a run is: saved in every resume state, so a resumed run continues exactly."""
+
+    epoch: int = 1
+    batch_in_epoch: int = 0  # batches of `epoch` already trained
+    global_step: int = 0  # optimizer steps
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    nonfinite_in_a_row: int = 0
+    loss_sum: float = 0.0  # running totals of the current epoch
+    correct1: int = 0
+    correct5: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.batch_in_epoch = epoch, 0
+        self.loss_sum, self.correct1, self.correct5, self.seen, self.seconds = 0.0, 0, 0, 0, 0.0
+
+
+@dataclass
+class Run:
+    """The live objects of a training run, in one place for the loop and the resume state."""
+
+    model: nn.Module
+    step_model: nn.Module  # `model`, or its compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None
+    criterion: nn.Module
+    mixer: v2.Transform | None
+    device: torch.device
+    amp: str
+    channels_last: bool
+    batches_per_epoch: int
+
+
+def train_one_epoch(run: Run, loader: DataLoader, cfg: TrainConfig, progress: Progress,
+                    checkpoint: Callable[[], None]) -> dict[str, float]:
+    """Train from `progress.batch_in_epoch` to the end of `progress.epoch`; `checkpoint()` every
+    `cfg.checkpoint_every` optimizer steps."""
+    model, optimizer, device = run.model, run.optimizer, run.device
     model.train()
-    if frozen_backbone:  # frozen statistics too: BN layers of a frozen backbone stay in eval mode
+    if cfg.freeze_backbone:  # frozen statistics too: BN layers of a frozen backbone stay in eval mode
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-    total_loss, correct1, correct5, seen, start = 0.0, 0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if cfg.progress else True,
-               dynamic_ncols=True, file=sys.stderr)
+    start = time.perf_counter() - progress.seconds
+    bar = tqdm(loader, desc=f"epoch {progress.epoch}/{cfg.epochs}", leave=False,
+               disable=None if cfg.progress else True, dynamic_ncols=True, file=sys.stderr)
     optimizer.zero_grad(set_to_none=True)
-    for i, (images, labels) in enumerate(bar):
+    for images, labels in bar:
+        batch = progress.batch_in_epoch
+        if not len(labels):  # every file of the batch was unreadable; it still counts, for resuming mid-epoch
+            progress.batch_in_epoch += 1
+            continue
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         hard_labels = labels
-        if mixer is not None:
-            images, labels = mixer(images, labels)  # labels become (B, C) mixtures
+        if run.mixer is not None:
+            images, labels = run.mixer(images, labels)  # labels become (B, C) mixtures
             hard_labels = labels.argmax(1)
-        if channels_last:
+        if run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp):
-            logits = step_model(images)
-            loss = criterion(logits.float(), labels)
+        with autocast_context(device, run.amp):
+            logits = run.step_model(images)
+            loss = run.criterion(logits.float(), labels)
+        progress.batch_in_epoch += 1
         if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {i + 1}; "
-                                f"try a lower --lr or --clip-grad")
-        scaler.scale(loss / cfg.accum_steps).backward()
-        if (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader):
-            if cfg.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            where = f"epoch {progress.epoch}, step {progress.global_step + 1} (batch {batch + 1})"
+            if progress.nonfinite_in_a_row >= cfg.skip_nonfinite:
+                raise TrainingError(f"loss became {loss.item()} at {where}; try a lower --lr, --clip-grad, "
+                                    f"or --skip-nonfinite N")
+            progress.nonfinite_in_a_row += 1
+            print(f"warning: skipped a non-finite loss at {where} "
+                  f"({progress.nonfinite_in_a_row} in a row, at most {cfg.skip_nonfinite})", file=sys.stderr)
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            continue
+        progress.nonfinite_in_a_row = 0
+        run.scaler.scale(loss / cfg.accum_steps).backward()
+        if (batch + 1) % cfg.accum_steps == 0 or batch + 1 == run.batches_per_epoch:
+            if cfg.clip_grad > 0:
+                run.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            run.scaler.step(optimizer)
+            run.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+            if run.ema is not None:
+                run.ema.update_parameters(model)
+            progress.global_step += 1
         n = hard_labels.shape[0]
         c1, c5 = topk_correct(logits.detach().float(), hard_labels)
-        total_loss, correct1, correct5, seen = total_loss + loss.item() * n, correct1 + c1, correct5 + c5, seen + n
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", top1=f"{100 * correct1 / seen:.1f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.0f}")
-    seconds = time.perf_counter() - start
-    return dict(train_loss=total_loss / max(seen, 1), train_top1=100 * correct1 / max(seen, 1),
-                train_top5=100 * correct5 / max(seen, 1), images_per_second=seen / seconds)
+        progress.loss_sum += loss.item() * n
+        progress.correct1, progress.correct5, progress.seen = progress.correct1 + c1, progress.correct5 + c5, \
+            progress.seen + n
+        progress.seconds = time.perf_counter() - start
+        bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}",
+                        top1=f"{100 * progress.correct1 / progress.seen:.1f}",
+                        img_s=f"{progress.seen / progress.seconds:.0f}")
+        at_step_end = (batch + 1) % cfg.accum_steps == 0
+        if cfg.checkpoint_every and at_step_end and progress.global_step % cfg.checkpoint_every == 0 \
+                and progress.batch_in_epoch < run.batches_per_epoch:
+            checkpoint()
+    seen = max(progress.seen, 1)
+    return dict(train_loss=progress.loss_sum / seen, train_top1=100 * progress.correct1 / seen,
+                train_top5=100 * progress.correct5 / seen, images_per_second=progress.seen / max(progress.seconds, 1e-9))
 
 
 def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -198,12 +286,14 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     Example: `resnets.train(model="resnet18", data_dir="photos/", epochs=20, lr=0.05)`.
     """
     cfg = (dataclasses.replace(cfg, **overrides) if cfg else make_config(overrides)).resolved()
-    resume = load_resume_state(cfg.resume) if cfg.resume else None
-    if resume is not None:  # the run's own options win, except how long to train and where it runs
-        saved = make_config({k: v for k, v in resume["config"].items() if k in {f.name for f in
-                                                                                 dataclasses.fields(TrainConfig)}})
-        cfg = dataclasses.replace(saved, epochs=cfg.epochs, resume=cfg.resume, device=cfg.device,
+    resumed = None
+    if cfg.resume:  # the run's own options win, except how long to train and where and how it runs
+        run_dir, resume_file, resumed = find_resume(cfg.resume, cfg.output)
+        saved = make_config({k: v for k, v in resumed["config"].items() if k in TrainConfig.field_names()})
+        cfg = dataclasses.replace(saved, epochs=cfg.epochs, resume=cfg.resume, output=cfg.output, device=cfg.device,
                                   workers=cfg.workers, progress=cfg.progress).resolved()
+    if cfg.deterministic:
+        make_deterministic()
     seed_everything(cfg.seed)
     device, amp, channels_last = resolve_runtime(cfg)
 
@@ -218,9 +308,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     model = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path_rate)
     check_img_size(model, data_cfg["input_size"][-1])
     model.pretrained_cfg, model.class_names = data_cfg, list(splits.class_names)
-    if cfg.pretrained and resume is None:
-        report = load_checkpoint(model, cfg.pretrained)
-        print(report, file=sys.stderr)
+    if cfg.pretrained and resumed is None:
+        load_pretrained(model, cfg, list(splits.class_names))
     if cfg.freeze_backbone:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -230,65 +319,66 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    train_loader, val_loader = make_loaders(cfg, splits, device)
-    criterion = make_criterion(cfg, splits, device)
+    train_loader, val_loader, sampler = make_loaders(cfg, splits, device)
+    batches_per_epoch = len(train_loader)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
-    scheduler = make_scheduler(optimizer, steps_per_epoch, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    scheduler = make_scheduler(optimizer, math.ceil(batches_per_epoch / cfg.accum_steps), cfg)
     ema = None
     if cfg.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    step_model = torch.compile(model) if cfg.compile else model
-    mixer = make_batch_mixer(cfg, num_classes)
+    run = Run(model=model, step_model=torch.compile(model) if cfg.compile else model, optimizer=optimizer,
+              scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), ema=ema,
+              criterion=make_criterion(cfg, splits, device), mixer=make_batch_mixer(cfg, num_classes),
+              device=device, amp=amp, channels_last=channels_last, batches_per_epoch=batches_per_epoch)
 
     history: list[dict[str, Any]] = []
-    start_epoch, best_top1, best_epoch = 1, -1.0, 0
-    if resume is not None:
-        run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else Path(cfg.resume).parent
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        if ema is not None and resume.get("ema"):
-            ema.load_state_dict(resume["ema"])
-        history, start_epoch = list(resume["history"]), int(resume["epoch"]) + 1
-        best_top1, best_epoch = float(resume["best_top1"]), int(resume["best_epoch"])
-        set_rng_state(resume["rng"])
-        print(f"resuming {run_dir} after epoch {start_epoch - 1}", file=sys.stderr)
+    progress = Progress()
+    if resumed is not None:
+        for stray in remove_stray_temp_files(run_dir):
+            print(f"removed {stray.name}, left by an interrupted write", file=sys.stderr)
+        restore(run, resumed)
+        history, progress = list(resumed["history"]), Progress(**resumed["progress"])
+        if progress.epoch > cfg.epochs:
+            raise TrainingError(f"{run_dir} has already trained {progress.epoch - 1} epochs; "
+                                f"raise --epochs to train on")
+        print(f"resuming {run_dir} from {resume_file.name}: epoch {progress.epoch}, batch "
+              f"{progress.batch_in_epoch}/{batches_per_epoch}, step {progress.global_step}", file=sys.stderr)
     else:
         run_dir = new_run_dir(cfg)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
         {**cfg.to_dict(), "resolved_device": str(device), "resolved_amp": amp,
          "resolved_channels_last": channels_last}, sort_keys=False))
+    bad_files = train_loader.bad_files
+    bad_files.attach(run_dir / BAD_FILES_CSV)
     writer = _tensorboard(cfg, run_dir, model, device, data_cfg)
     print(f"{splits.description}; model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) "
           f"on {device}, amp {amp}", file=sys.stderr)
 
+    def checkpoint() -> None:
+        save_resume_state(run_dir, resume_state(run, progress, history, cfg, splits.class_names),
+                          keep=cfg.keep_checkpoints)
+
     eval_model = ema.module if ema is not None else model
-    stale = 0
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, cfg, epoch, amp,
-                                channels_last, scaler, ema, mixer, cfg.freeze_backbone, step_model)
+    while progress.epoch <= cfg.epochs:
+        epoch = progress.epoch
+        sampler.set_epoch(epoch, start=progress.batch_in_epoch * cfg.batch_size)
+        stats = train_one_epoch(run, train_loader, cfg, progress, checkpoint)
+        t_eval = time.perf_counter()
         val = evaluate(eval_model, val_loader, device, amp, channels_last=channels_last)
+        bad_files.report()
         row = dict(epoch=epoch, **stats, val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
-                   lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+                   lr=optimizer.param_groups[0]["lr"], seconds=progress.seconds + time.perf_counter() - t_eval)
         history.append(row)
-        improved = val.top1 > best_top1
+        improved = val.top1 > progress.best_top1
         if improved:
-            best_top1, best_epoch, stale = val.top1, epoch, 0
+            progress.best_top1, progress.best_epoch, progress.stale_epochs = val.top1, epoch, 0
             save_weights(eval_model, run_dir / "best.safetensors")
         else:
-            stale += 1
+            progress.stale_epochs += 1
         save_weights(eval_model, run_dir / "last.safetensors")
-        save_resume_state(run_dir / RESUME_FILE, dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), ema=ema.state_dict() if ema is not None else None, epoch=epoch,
-            best_top1=best_top1, best_epoch=best_epoch, history=history, config=cfg.to_dict(),
-            class_names=list(splits.class_names), rng=rng_state()))
+        progress.start_epoch(epoch + 1)
+        checkpoint()
         write_summary_csv(history, run_dir / "summary.csv")
         plot_curves(history, run_dir / "curves.png", title=f"{cfg.model} on {cfg.dataset}")
         if writer is not None:
@@ -298,8 +388,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
               f"val loss {val.loss:.4f} top1 {val.top1:6.2f} top5 {val.top5:6.2f}  lr {row['lr']:.2e}  "
               f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s{'  *' if improved else ''}",
               file=sys.stderr)
-        if cfg.patience and stale >= cfg.patience:
-            print(f"early stop: no better val top-1 for {stale} epochs", file=sys.stderr)
+        if cfg.patience and progress.stale_epochs >= cfg.patience:
+            print(f"early stop: no better val top-1 for {progress.stale_epochs} epochs", file=sys.stderr)
             break
     if writer is not None:
         writer.close()
@@ -308,12 +398,41 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     load_checkpoint(eval_model, run_dir / "best.safetensors")
     final = evaluate(eval_model, val_loader, device, amp, channels_last=channels_last)
     reports = write_final_reports(run_dir, final, list(splits.class_names))
-    metrics = dict(best_top1=best_top1, best_epoch=best_epoch, best_top5=final.top5, best_val_loss=final.loss,
-                   epochs_run=len(history), num_classes=num_classes, class_names=list(splits.class_names),
-                   train_samples=len(splits.train), val_samples=len(splits.val), model=cfg.model,
-                   device=str(device), amp=amp, total_seconds=sum(r["seconds"] for r in history), **reports)
+    metrics = dict(best_top1=progress.best_top1, best_epoch=progress.best_epoch, best_top5=final.top5,
+                   best_val_loss=final.loss, epochs_run=len(history), global_steps=progress.global_step,
+                   num_classes=num_classes, class_names=list(splits.class_names), train_samples=len(splits.train),
+                   val_samples=len(splits.val), model=cfg.model, device=str(device), amp=amp,
+                   total_seconds=sum(r["seconds"] for r in history), unreadable_files=len(bad_files), **reports)
     atomic_write_json(run_dir / "metrics.json", metrics)
-    return RunResult(run_dir, best_top1, best_epoch, metrics)
+    return RunResult(run_dir, progress.best_top1, progress.best_epoch, metrics)
+
+
+def make_deterministic() -> None:
+    """Bitwise-repeatable runs: deterministic kernels only (cuBLAS needs its workspace pinned for that)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def resume_state(run: Run, progress: Progress, history: list[dict[str, Any]], cfg: TrainConfig,
+                 class_names: list[str]) -> dict[str, Any]:
+    return dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+                scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
+                ema=run.ema.state_dict() if run.ema is not None else None, epoch=progress.epoch,
+                batch_in_epoch=progress.batch_in_epoch, global_step=progress.global_step,
+                progress=dataclasses.asdict(progress), history=history, config=cfg.to_dict(),
+                class_names=list(class_names), rng=rng_state())
+
+
+def restore(run: Run, state: dict[str, Any]) -> None:
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
 
 
 def _tensorboard(cfg: TrainConfig, run_dir: Path, model: nn.Module, device: torch.device, data_cfg: dict[str, Any]):

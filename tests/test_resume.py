@@ -1,0 +1,225 @@
+"""Never lose a run: atomic checkpoints, retention, exact resume after SIGKILL, damaged and unsafe files."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+import resnets
+from resnets.errors import CheckpointError
+from resnets.training import trainer as trainer_module
+from resnets.training.checkpoint import (find_resume, list_resume_files, load_resume_state, newest_valid_state,
+                                         remove_stray_temp_files, save_resume_state)
+from resnets.training.trainer import TrainingError
+
+SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--no-progress"]  # digits, 45 steps an epoch
+
+
+def run_train(args: list[str], env_extra: dict | None = None, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "resnets", "train", *map(str, args)]
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "last.safetensors"))
+
+
+def loss_log(run_dir: Path) -> list[tuple[str, ...]]:
+    rows = list(csv.DictReader((run_dir / "summary.csv").open()))
+    return [(r["epoch"], r["train_loss"], r["train_top1"], r["val_loss"], r["val_top1"], r["lr"]) for r in rows]
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, workers):
+    common = [*SMALL, "-j", workers, "--checkpoint-every", "5", "--output", tmp_path]
+    done = run_train([*common, "--name", "straight"])
+    assert done.returncode == 0, done.stderr
+
+    victim = run_train([*common, "--name", "killed"], wait=False)
+    run_dir = tmp_path / "killed"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill right after the second mid-epoch checkpoint of epoch 1
+        files = list_resume_files(run_dir) if run_dir.exists() else []
+        if any(f.name.startswith("checkpoint-0001-") and int(f.stem.split("-")[2]) >= 10 for f in files):
+            break
+        assert victim.poll() is None, victim.communicate()
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (run_dir / "metrics.json").exists()  # it really died mid-run
+    (run_dir / ".last.safetensors.abc123.tmp").write_bytes(b"half a file")  # what a kill mid-write leaves
+
+    resumed = run_train(["--resume", run_dir, "--epochs", "2", "-j", workers, "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and "epoch 1, batch" in resumed.stderr
+    assert not list(run_dir.glob(".*.tmp"))  # stray temp files cleaned at the start
+    a, b = weights_of(tmp_path / "straight"), weights_of(run_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert loss_log(tmp_path / "straight") == loss_log(run_dir)
+
+
+def test_sigkill_during_saves_never_leaves_a_partial_file(tmp_path):
+    script = f"""
+import torch, itertools
+from pathlib import Path
+from resnets.training.checkpoint import save_resume_state
+state = dict(model={{"w": torch.randn(2_000_000)}}, optimizer={{}}, scheduler={{}}, epoch=1, batch_in_epoch=0,
+             config={{}}, history=[])
+print("ready", flush=True)
+for step in itertools.count():
+    save_resume_state(Path({str(tmp_path)!r}), dict(state, global_step=step), keep=3)
+"""
+    for delay in (0.3, 0.45, 0.6, 0.8, 1.1):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        finals = list_resume_files(tmp_path)
+        assert finals, "nothing was saved before the kill"
+        for path in finals:  # every file under a final name is complete and verified
+            assert load_resume_state(path)["global_step"] >= 0
+        assert len(finals) <= 4  # retention ran (one extra can exist between rename and cleanup)
+    remove_stray_temp_files(tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _state(step: int) -> dict:
+    return dict(model={"w": torch.full((4,), float(step))}, optimizer={}, scheduler={}, epoch=1, batch_in_epoch=step,
+                global_step=step, config={}, history=[])
+
+
+def test_retention_keeps_the_newest_and_resume_auto_falls_back(tmp_path, capsys):
+    old_run, new_run = tmp_path / "a", tmp_path / "b"
+    for run_dir in (old_run, new_run):
+        run_dir.mkdir()
+        for step in range(1, 6):
+            save_resume_state(run_dir, _state(step), keep=2)
+    assert [p.name for p in list_resume_files(new_run)] == ["checkpoint-0001-000000004.pt", "checkpoint-0001-000000005.pt"]
+    newest = list_resume_files(new_run)[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated by a crash of the disk
+    run_dir, path, state = find_resume("auto", tmp_path)
+    assert run_dir == new_run and path.name.endswith("000000004.pt") and state["global_step"] == 4
+    assert "checkpoint-0001-000000005.pt" in capsys.readouterr().err  # warned about the damaged one
+    with pytest.raises(CheckpointError, match="000000005.pt"):
+        load_resume_state(newest)
+
+
+def test_resume_with_an_unsafe_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "checkpoint-0001-000000001.pt"
+    torch.save(dict(_state(1), extra=Payload()), bad)
+    with pytest.raises(CheckpointError, match="checkpoint-0001-000000001.pt"):
+        load_resume_state(bad)
+    assert not marker.exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_files_give_a_clear_error_or_identical_content(tmp_path, data):
+    model = resnets.create_model("cifar_resnet20", num_classes=3)
+    weights = tmp_path / "w.safetensors"
+    resnets.models.weights.save_weights(model, weights)
+    resume = save_resume_state(tmp_path, _state(7), keep=5)
+    for path in (weights, resume):
+        original = path.read_bytes()
+        kind = data.draw(st.sampled_from(["truncate", "flip", "random", "empty"]))
+        if kind == "truncate":
+            mutated = original[: data.draw(st.integers(0, len(original) - 1))]
+        elif kind == "flip":
+            pos, bit = data.draw(st.integers(0, len(original) - 1)), data.draw(st.integers(0, 7))
+            mutated = bytearray(original)
+            mutated[pos] ^= 1 << bit
+            mutated = bytes(mutated)
+        elif kind == "random":
+            mutated = data.draw(st.binary(min_size=1, max_size=4096))
+        else:
+            mutated = b""
+        bad = tmp_path / ("bad" + path.suffix)
+        bad.write_bytes(mutated)
+        try:
+            if path.suffix == ".safetensors":
+                got = resnets.models.weights.read_state_dict(bad)[0]
+                expected = load_file(str(weights))
+            else:
+                got, expected = load_resume_state(bad)["model"], _state(7)["model"]
+        except CheckpointError as e:
+            assert str(bad) in str(e) and "\n" not in str(e)
+        else:  # the flip hit bytes that carry no content: what loads must be exactly the original
+            assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_nonfinite_loss_stops_with_epoch_and_step_or_is_skipped(tmp_path, monkeypatch):
+    real = trainer_module.make_criterion
+
+    def poisoned(cfg, splits, device):
+        criterion, calls = real(cfg, splits, device), [0]
+
+        def loss(logits, labels):
+            calls[0] += 1
+            value = criterion(logits, labels)
+            return value * float("nan") if calls[0] in (3, 4) else value
+
+        return loss
+
+    monkeypatch.setattr(trainer_module, "make_criterion", poisoned)
+    small = dict(epochs=1, img_size=16, batch_size=64, progress=False, workers=0)
+    with pytest.raises(TrainingError, match=r"epoch 1, step 3 \(batch 3\)"):
+        resnets.train(output=str(tmp_path / "stop"), **small)
+    with pytest.raises(TrainingError, match="step 3 .batch 4"):  # two in a row, one allowed
+        resnets.train(output=str(tmp_path / "one"), skip_nonfinite=1, **small)
+    result = resnets.train(output=str(tmp_path / "two"), skip_nonfinite=2, **small)
+    assert result.metrics["global_steps"] == 22 - 2  # 22 batches, two skipped
+    weights = load_file(str(result.run_dir / "last.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path):
+    model = resnets.create_model("cifar_resnet20", num_classes=3)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match="fc.weight"):
+        resnets.models.weights.save_weights(model, tmp_path / "w.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_deterministic_runs_are_identical(tmp_path):
+    args = [*SMALL, "--epochs", "1", "--deterministic", "--mixup", "0.2", "--drop-path-rate", "0.1",
+            "--output", tmp_path]
+    for name in ("one", "two"):
+        done = run_train([*args, "--name", name])
+        assert done.returncode == 0, done.stderr
+    a, b = weights_of(tmp_path / "one"), weights_of(tmp_path / "two")
+    assert resnets.fileio.content_digest(a) == resnets.fileio.content_digest(b)
+    assert loss_log(tmp_path / "one") == loss_log(tmp_path / "two")
+
+
+def test_resume_of_a_finished_run_needs_more_epochs(tmp_path, capsys):
+    first = run_train([*SMALL, "--epochs", "1", "--output", tmp_path, "--name", "r"])
+    assert first.returncode == 0, first.stderr
+    again = run_train(["--resume", "auto", "--output", tmp_path, "--epochs", "1", "--no-progress"])
+    assert again.returncode == 2 and "raise --epochs" in again.stderr
+    more = run_train(["--resume", "auto", "--output", tmp_path, "--epochs", "2", "--no-progress"])
+    assert more.returncode == 0, more.stderr
+    assert [row[0] for row in loss_log(tmp_path / "r")] == ["1", "2"]
