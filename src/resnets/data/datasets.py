@@ -20,7 +20,8 @@ from torchvision import datasets
 from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.transforms import v2
 
-from .images import DataError, is_image_file, load_image
+from .bad_files import Unreadable
+from .images import BrokenImageError, DataError, is_image_file, load_image
 
 Transform = Callable[[Any], Any] | None
 DIGITS_SIZE = 32  # scikit-learn's 8x8 digits upscaled to CIFAR's size, so the CIFAR ResNets run on them as-is
@@ -39,7 +40,10 @@ class DataSplits:
 
 
 class ImageFiles(Dataset):
-    """(image, label) from a list of (path, label), decoded by `load_image` (RGB, EXIF orientation applied)."""
+    """(image, label) from a list of (path, label), decoded by `load_image` (RGB, EXIF orientation applied).
+
+    A file that does not decode gives an `Unreadable` marker instead, for `collate_skipping` to drop.
+    """
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Transform = None) -> None:
         self.samples = list(samples)
@@ -49,9 +53,12 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, int] | Unreadable:
         path, label = self.samples[index]
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except BrokenImageError as e:
+            return Unreadable(str(path), e.reason)
         return (self.transform(image) if self.transform is not None else image), label
 
 
@@ -123,6 +130,20 @@ def scan_image_folder(root: Path,
         raise DataError(f"class folder(s) with no images in {root}: {_named(empty)}")
     class_names = sorted(class_to_idx, key=class_to_idx.__getitem__)
     return class_names, samples
+
+
+def class_difference(model_names: Sequence[str], data_names: Sequence[str], ordered: bool = False) -> str | None:
+    """How the data's classes differ from a model's, for an error message; None when they are the same.
+
+    `ordered`: the same order too, as the rows of a classifier head trained on `model_names` need.
+    """
+    missing = [name for name in model_names if name not in data_names]
+    extra = [name for name in data_names if name not in model_names]
+    if missing or extra:
+        return f"missing {_named(missing) or '-'}; extra {_named(extra) or '-'}"
+    if ordered and list(model_names) != list(data_names):
+        return f"the same classes in another order ({_named(list(model_names))} vs {_named(list(data_names))})"
+    return None
 
 
 def stratified_split(labels: Sequence[int], class_names: Sequence[str], val_fraction: float,
@@ -343,12 +364,9 @@ def load_eval_set(data_dir: str | Path, transform: Transform,
     root = _explicit_val_folder(data_dir) or data_dir
     class_to_idx = None
     if class_names is not None:
-        folder_names = class_folders(root)
-        missing = [name for name in class_names if name not in folder_names]
-        extra = [name for name in folder_names if name not in class_names]
-        if missing or extra:
-            raise DataError(f"classes in {root} differ from the model's: missing {_named(missing) or '-'}; "
-                            f"extra {_named(extra) or '-'}")
+        difference = class_difference(class_names, class_folders(root))
+        if difference:
+            raise DataError(f"classes in {root} differ from the model's: {difference}")
         class_to_idx = {name: i for i, name in enumerate(class_names)}
     names, samples = scan_image_folder(root, class_to_idx)
     dataset = ImageFiles(samples, transform)

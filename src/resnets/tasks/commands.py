@@ -11,8 +11,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     s = evaluate_checkpoint(args.checkpoint, args.data_dir, model_name=args.model, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, img_size=args.img_size,
-                            output_dir=args.output)
-    print(f"{s.checkpoint} on {s.data_dir}: {s.num_samples:,} images")
+                            output_dir=args.output, max_bad_fraction=args.max_bad_fraction)
+    skipped = f" ({s.unreadable_files:,} unreadable, skipped)" if s.unreadable_files else ""
+    print(f"{s.checkpoint} on {s.data_dir}: {s.num_samples:,} images{skipped}")
     print(f"top-1 {s.top1:.2f}%  top-5 {s.top5:.2f}%  loss {s.loss:.4f}")
     print(format_report(s.per_class))
     print(f"wrote {', '.join(s.files.values())}")
@@ -86,6 +87,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _device_arg(p)
     p.add_argument("--img-size", type=int, default=None, help="evaluate at this size (default: the checkpoint's)")
     p.add_argument("--output", default=None, metavar="DIR", help="default: eval/ beside the checkpoint")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
+                   help="unreadable images are skipped and listed in bad_files.csv; a larger share is an error "
+                        "[default: 0.01]")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of image files (CSV)",

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
-from PIL import UnidentifiedImageError
 from torch import nn
 
-from ..data import DataError, list_images, load_image
+from ..data import BrokenImageError, DataError, list_images, load_image
 from ..errors import ConfigError
 
 Warn = Callable[[str], None]
@@ -48,14 +47,14 @@ def read_images(paths: Sequence[str | Path], transform: Callable, warn: Warn = w
                 ) -> Iterator[tuple[Path, torch.Tensor]]:
     """(path, transformed image) for each image among `paths` (folders searched recursively).
 
-    A file that cannot be decoded is skipped with a warning naming it, rather than ending a long run; the
-    caller decides what to do when nothing is left (`DataError` in `require_some`).
+    A file that cannot be decoded is skipped with a warning naming it and the reason, rather than ending a
+    long run; the caller decides what to do when nothing is left (`DataError` in `require_some`).
     """
     for path in list_images(paths):
         try:
             image = load_image(path)
-        except (UnidentifiedImageError, OSError, ValueError) as e:  # truncated, not an image, unreadable
-            warn(f"skipped {path}: not a readable image ({type(e).__name__})")
+        except BrokenImageError as e:
+            warn(f"skipped {path}: {e.reason}")
             continue
         yield path, transform(image)
 

@@ -33,15 +33,17 @@ class EvalSummary:
     confusion: list[list[int]] = field(repr=False)  # rows: true class; in confusion_matrix.csv, not eval.json
     output_dir: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    unreadable_files: int = 0  # skipped, listed in bad_files.csv; not in num_samples
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("top1", "top5", "loss", "num_samples", "checkpoint", "data_dir",
-                                               "class_names", "per_class", "files")}
+        return {k: getattr(self, k) for k in ("top1", "top5", "loss", "num_samples", "unreadable_files",
+                                               "checkpoint", "data_dir", "class_names", "per_class", "files")}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_name: str | None = None,
                         batch_size: int = 64, workers: int = 2, device: str | None = None,
-                        img_size: int | None = None, output_dir: str | Path | None = None) -> EvalSummary:
+                        img_size: int | None = None, output_dir: str | Path | None = None,
+                        max_bad_fraction: float = 0.01) -> EvalSummary:
     """Evaluate a checkpoint on an ImageFolder (DIR/val, else DIR/test, else DIR) and write the reports.
 
     Args:
@@ -50,9 +52,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_n
         img_size: evaluate at another resolution than the checkpoint's preprocessing says.
         output_dir: where eval.json, per_class.csv and confusion_matrix.{csv,png} go
             (default: `eval/` in the run directory, or beside the weights file).
+        max_bad_fraction: unreadable images are skipped and listed in bad_files.csv in `output_dir`;
+            more than this share of them is a DataError.
 
     Raises DataError when the folder's classes are not the checkpoint's, before anything is written.
     """
+    from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, collate_skipping
     from ..data.datasets import load_eval_set
     from ..training.loop import evaluate
 
@@ -65,17 +70,23 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_n
     dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg, img_size), names)
     if len(class_names) != model.num_classes:  # only reachable when the checkpoint names no classes
         raise DataError(f"{data_dir} has {len(class_names)} classes but the model predicts {model.num_classes}")
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
-                        pin_memory=dev.type == "cuda")
-    result = evaluate(model.to(dev), loader, dev)
-
     out = Path(output_dir) if output_dir is not None else beside_checkpoint(checkpoint, EVAL_DIR)
+    bad_files = BadFiles(len(dataset), max_bad_fraction, out / BAD_FILES_CSV)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
+                        pin_memory=dev.type == "cuda", collate_fn=collate_skipping)
+    result = evaluate(model.to(dev), SkipUnreadable(loader, bad_files), dev)
+    bad_files.report()
+    if not len(bad_files):
+        (out / BAD_FILES_CSV).unlink(missing_ok=True)  # an earlier eval's list, no longer true
     per_class = classification_report(result.targets, result.predictions, class_names)
     cm = confusion_matrix(result.targets, result.predictions, len(class_names))
     files = {key: str(out / name) for key, name in FILES.items()}
+    if len(bad_files):
+        files["bad_files"] = str(bad_files.csv_path)
     summary = EvalSummary(top1=result.top1, top5=result.top5, loss=result.loss, num_samples=result.num_samples,
                           checkpoint=str(weights), data_dir=str(data_dir), class_names=list(class_names),
-                          per_class=per_class, confusion=cm.tolist(), output_dir=str(out), files=files)
+                          per_class=per_class, confusion=cm.tolist(), output_dir=str(out), files=files,
+                          unreadable_files=len(bad_files))
     write_report_csv(per_class, files["report"])
     write_confusion_csv(cm, class_names, files["confusion_csv"])
     plot_confusion_matrix(cm, class_names, files["confusion_png"],
