@@ -1,0 +1,73 @@
+"""`resnets bench` on the CPU at tiny sizes: every implementation runs, the report is complete and honest."""
+import json
+
+import pytest
+import torch
+
+from resnets.bench import BenchSettings, make_step, reference_model, run_bench
+from resnets.cli import main
+from resnets.errors import ConfigError
+
+TINY = dict(device="cpu", batch_size=2, img_size=32, steps=2, warmup=1, rounds=2, amp="off")
+
+
+def test_bench_train_against_references_reports_every_impl():
+    report = run_bench(BenchSettings(model="resnet18", mode="train", compare=("torchvision", "timm"), **TINY),
+                       log=lambda m: None)
+    impls = {r["impl"]: r for r in report["results"]}
+    assert set(impls) == {"resnets", "torchvision", "timm"}
+    for r in impls.values():
+        assert len(r["step_ms"]) == 2 * 2  # rounds x steps, alternating
+        assert r["images_per_second"] == pytest.approx(2 / (r["step_ms_median"] / 1000))
+        assert r["step_ms_p90"] >= r["step_ms_median"] > 0 and 0 < r["mfu"] < 1
+    # MACs per image of resnet18 at 32 px: conv1 + stages + fc, as the flop counter measures them
+    assert report["gmacs_per_image"] == pytest.approx(0.0377, rel=0.02)
+    assert report["versions"]["torch"] == torch.__version__
+
+
+def test_train_step_updates_weights_and_infer_does_not():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10))
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+    model(x)
+    before = [p.detach().clone() for p in model.parameters()]
+    make_step(model, BenchSettings(mode="train", **{k: v for k, v in TINY.items() if k != "device"}),
+              torch.device("cpu"), fused=True)(x, y)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after_train = [p.detach().clone() for p in model.parameters()]
+    make_step(model, BenchSettings(mode="infer", **{k: v for k, v in TINY.items() if k != "device"}),
+              torch.device("cpu"), fused=True)(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(after_train, model.parameters()))
+
+
+def test_bench_cli_writes_json_and_table(tmp_path, capsys):
+    code = main(["bench", "--model", "cifar_resnet20", "--device", "cpu", "-b", "2", "--steps", "1", "--warmup", "1",
+                 "--rounds", "1", "--mode", "infer", "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "cifar_resnet20 infer on cpu" in out and "resnets" in out
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["settings"]["mode"] == "infer" and report["img_size"] == 32
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "cifar_resnet20", "--compare", "timm"], "timm has no cifar_resnet20"),
+    (["--model", "resnet18", "--compare", "keras"], "unknown reference"),
+    (["--model", "resnet18", "--img-size", "8"], "too small"),
+    (["--model", "resnet18", "--steps", "0"], "must be >= 1"),
+])
+def test_bench_bad_input_is_one_line_exit_2(capsys, argv, needle):
+    code = main(["bench", "--device", "cpu", "-b", "1", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
+def test_bench_cuda_without_gpu_is_a_clear_error(capsys):
+    assert main(["bench", "--device", "cuda", "--model", "resnet18"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_reference_model_matches_architecture():
+    assert sum(p.numel() for p in reference_model("timm", "res2net50_26w_4s", 1000).parameters()) == 25_699_120
+    with pytest.raises(ConfigError):
+        reference_model("torchvision", "res2net50_26w_4s", 1000)
