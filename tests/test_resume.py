@@ -218,8 +218,21 @@ def test_deterministic_runs_are_identical(tmp_path):
 def test_resume_of_a_finished_run_needs_more_epochs(tmp_path, capsys):
     first = run_train([*SMALL, "--epochs", "1", "--output", tmp_path, "--name", "r"])
     assert first.returncode == 0, first.stderr
-    again = run_train(["--resume", "auto", "--output", tmp_path, "--epochs", "1", "--no-progress"])
+    again = run_train(["--resume", "auto", "--output", tmp_path, "--no-progress"])  # keeps the run's 1 epoch
     assert again.returncode == 2 and "raise --epochs" in again.stderr
+    changed = run_train(["--resume", "auto", "--output", tmp_path, "--epochs", "2", "--lr", "0.5"])
+    assert changed.returncode == 2 and "differ from it: lr" in changed.stderr
     more = run_train(["--resume", "auto", "--output", tmp_path, "--epochs", "2", "--no-progress"])
     assert more.returncode == 0, more.stderr
     assert [row[0] for row in loss_log(tmp_path / "r")] == ["1", "2"]
+
+
+def test_resuming_an_older_state_moves_the_newer_ones_aside(tmp_path):
+    from resnets.training.checkpoint import abandon_newer_states
+
+    for step in range(1, 6):
+        save_resume_state(tmp_path, _state(step), keep=5)
+    older = list_resume_files(tmp_path)[2]
+    moved = abandon_newer_states(tmp_path, older)
+    assert [p.name for p in moved] == ["checkpoint-0001-000000004.pt", "checkpoint-0001-000000005.pt"]
+    assert list_resume_files(tmp_path)[-1] == older and all(p.is_file() for p in moved)

@@ -407,3 +407,15 @@ def test_bad_input_is_one_line_and_writes_nothing(work: dict, capsys: pytest.Cap
     assert {"missing checkpoint": "no such checkpoint", "unknown model": "unknown model 'resnet9000'",
             "class mismatch": "durian"}[case] in err
     assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: only a real device move creates new tensors")
+def test_model_stays_trainable_after_predict(work: dict) -> None:
+    """predict must not turn the weights into inference tensors (moving them inside inference_mode does)."""
+    from resnets.tasks.predict import predict_images
+
+    model = load_model(work["run"])  # on the CPU; predict moves it to the GPU
+    predict_images(model, work["files"][:2], device="cuda", warn=lambda m: None)
+    assert not any(p.is_inference() for p in model.parameters())
+    x = torch.stack([eval_transform(model.pretrained_cfg)(load_image(p)) for p in work["files"][:2]]).cuda()
+    assert grad_cam(model, x).heatmaps.shape == (2, 32, 32)

@@ -156,10 +156,14 @@ def test_folder_run_then_eval_predict_export(folder_run, tmp_path, capsys):
 
 def test_finetune_from_1000_class_checkpoint_loads_every_backbone_tensor(tmp_path):
     source = resnets.create_model("cifar_resnet20", num_classes=1000)
-    torch.save(source.state_dict(), tmp_path / "imagenet-style.pth")
-    result = resnets.train(pretrained=str(tmp_path / "imagenet-style.pth"), freeze_backbone=True, epochs=1,
+    source.pretrained_cfg = dict(source.pretrained_cfg, input_size=(3, 48, 48), crop_pct=0.9)
+    resnets.models.weights.save_weights(source, tmp_path / "imagenet-style.safetensors")
+    result = resnets.train(pretrained=str(tmp_path / "imagenet-style.safetensors"), freeze_backbone=True, epochs=1,
                            output=str(tmp_path / "runs"), **FAST)
     tuned = load_file(str(result.run_dir / "best.safetensors"))
+    shipped = resnets.load_model(result.run_dir)  # preprocessing is this run's, not the source checkpoint's
+    assert tuple(shipped.pretrained_cfg["input_size"]) == (3, 32, 32) and shipped.pretrained_cfg["crop_pct"] == 1.0
+    assert shipped.class_names == [str(d) for d in range(10)]
     assert tuned["fc.weight"].shape == (10, 64)
     backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
     assert set(backbone) <= set(tuned)
@@ -169,14 +173,14 @@ def test_finetune_from_1000_class_checkpoint_loads_every_backbone_tensor(tmp_pat
 
 def test_yaml_config_and_flags_on_top(tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("epochs: 5\nlr: 0.2\nname: fromyaml\n")
+    cfg_file.write_text("epochs: 5\nlr: 2e-1\nname: fromyaml\namp: off\n")  # YAML reads 2e-1 as text, off as False
     from resnets.training.commands import add_commands  # noqa: F401  (parser built through main)
     from resnets.cli import build_parser
     from resnets.training.config import config_from_args
 
     args = build_parser().parse_args(["train", "-c", str(cfg_file), "--epochs", "1", "-b", "16"])
     cfg = config_from_args(args)
-    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.name) == (1, 0.2, 16, "fromyaml")
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.name, cfg.amp) == (1, 0.2, 16, "fromyaml", "off")
 
 
 @pytest.mark.parametrize("setup,argv,needle", [
@@ -188,6 +192,9 @@ def test_yaml_config_and_flags_on_top(tmp_path, capsys):
     (None, ["--optimizer", "sgd"], "unrecognized"),
     (None, ["--opt", "lbfgs"], "opt"),
     (None, ["--model", "resnet18", "--img-size", "16"], "too small"),
+    (None, ["--sched", "step", "--decay-epochs", "0"], "decay-epochs"),
+    (None, ["--random-erasing", "2"], "random-erasing"),
+    (None, ["--device", "gpu"], "not a device"),
     ("bad_yaml", ["-c", "{tmp}/c.yaml"], "colour"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, setup, argv, needle):

@@ -155,9 +155,9 @@ def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str,
         raise ConfigError(f"compile {s.compile!r} is not off, default, max-autotune or reduce-overhead")
     if min(s.batch_size, s.steps, s.rounds) < 1 or s.warmup < 0:
         raise ConfigError("batch-size, steps and rounds must be >= 1, warmup >= 0")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda asked for, but no CUDA GPU is available here")
+    from .tasks.common import resolve_device
+
+    device = resolve_device(None if s.device == "auto" else s.device)
 
     shapes = meta_model(s.model, num_classes=s.num_classes)
     size = s.img_size or shapes.pretrained_cfg["input_size"][-1]

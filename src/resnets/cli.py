@@ -51,7 +51,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchSettings, format_table, run_bench
     from .fileio import atomic_write_json
 
-    on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    from .tasks.common import resolve_device
+
+    on_cuda = resolve_device(None if args.device == "auto" else args.device).type == "cuda"
     if args.data != "synthetic":
         raise ResnetsError("--data DIR is not implemented yet; use --data synthetic")
     settings = BenchSettings(

@@ -33,7 +33,6 @@ def check_topk(topk: int | None, num_classes: int) -> int:
     return topk
 
 
-@torch.inference_mode()
 def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int | None = None,
                    batch_size: int = 32, device: str | None = None, warn: Warn = warn_stderr) -> list[Prediction]:
     """Top-k predictions for every readable image among `paths` (files or folders), in input order.
@@ -44,10 +43,11 @@ def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int |
     dev = resolve_device(device)
     names = class_names_of(model)
     transform = eval_transform(model.pretrained_cfg)
-    model.eval().to(dev)
+    model.eval().to(dev)  # outside inference mode, so the model stays usable for training or Grad-CAM
     out: list[Prediction] = []
     for files, images in batched(read_images(paths, transform, warn), batch_size):
-        probs = model(images.to(dev)).float().softmax(dim=1)  # (B, num_classes)
+        with torch.inference_mode():
+            probs = model(images.to(dev)).float().softmax(dim=1)  # (B, num_classes)
         top = probs.topk(k, dim=1)
         for file, p, idx in zip(files, top.values.cpu().tolist(), top.indices.cpu().tolist()):
             out.append(Prediction(str(file), [names[i] for i in idx], p))

@@ -123,6 +123,22 @@ def find_resume(resume: str, output: str | Path) -> tuple[Path, Path, dict[str, 
     return path.parent, path, load_resume_state(path)
 
 
+def abandon_newer_states(run_dir: Path, resumed_from: Path) -> list[Path]:
+    """Move resume files newer than the one resumed from into `abandoned/`: left in place, the rotation
+    would delete the new states first and a later `--resume auto` would pick the stale ones."""
+    files = list_resume_files(run_dir)
+    if resumed_from not in files:
+        return []
+    newer = files[files.index(resumed_from) + 1:]
+    moved = []
+    for path in newer:
+        target = run_dir / "abandoned" / path.name
+        target.parent.mkdir(exist_ok=True)
+        path.replace(target)
+        moved.append(target)
+    return moved
+
+
 def remove_stray_temp_files(run_dir: Path) -> list[Path]:
     """Temp files of writes that a crash interrupted (atomic_write names them `.<name>.<random>.tmp`)."""
     strays = [p for p in Path(run_dir).glob(".*.tmp") if p.is_file()]

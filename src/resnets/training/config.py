@@ -107,6 +107,12 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
+        if self.decay_epochs < 1:
+            raise ConfigError(f"decay-epochs must be >= 1, got {self.decay_epochs}")
+        for key in ("hflip", "random_erasing", "label_smoothing"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key.replace('_', '-')} must be in [0, 1], got {value}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if min(self.workers or 0, self.patience, self.warmup_epochs, self.checkpoint_every, self.skip_nonfinite) < 0:
@@ -149,9 +155,25 @@ def make_config(overrides: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
     hints = typing.get_type_hints(TrainConfig)
-    for key, value in overrides.items():
+    values = {key: _coerce(value, hints[key]) for key, value in overrides.items()}
+    for key, value in values.items():
         _check_type(key, value, hints[key])
-    return TrainConfig(**overrides)
+    return TrainConfig(**values)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Undo YAML's guesses: `amp: off` arrives as False and `lr: 1e-3` as a string."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if isinstance(value, bool) and str in allowed and bool not in allowed:
+        return "on" if value else "off"
+    if isinstance(value, str) and str not in allowed:
+        for number in (int, float):
+            if number in allowed:
+                try:
+                    return number(value)
+                except ValueError:
+                    pass
+    return value
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..fileio import atomic_write_bytes  # noqa: E402
+from ..fileio import atomic_write_bytes
 
 
 def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> dict[str, list[float]]:
@@ -18,7 +15,8 @@ def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> dict[str
     Returns the plotted series by name ("train_loss", "val_top1", ...), as drawn.
     """
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))  # no pyplot: the caller's backend and figure state stay untouched
+    ax_loss, ax_acc = fig.subplots(1, 2)
     drawn: dict[str, list[float]] = {}
     for split, style in (("train", "-o"), ("val", "-s")):
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "top1")):
@@ -35,6 +33,5 @@ def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> dict[str
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return drawn

@@ -63,5 +63,5 @@ class SeededItems(Dataset):
         # fork_rng restores the caller's generator afterwards: with 0 workers this runs in the training
         # process, whose RNG also drives dropout, drop-path and mixup.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, epoch, index))
+            torch.default_generator.manual_seed(_mix(self.seed, epoch, index))  # CPU only: CUDA's stays put
             return self.dataset[index]

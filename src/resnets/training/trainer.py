@@ -29,7 +29,8 @@ from ..errors import ConfigError, ResnetsError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
-from .checkpoint import find_resume, remove_stray_temp_files, rng_state, save_resume_state, set_rng_state
+from .checkpoint import (abandon_newer_states, find_resume, remove_stray_temp_files, rng_state, save_resume_state,
+                         set_rng_state)
 from .config import TrainConfig, make_config
 from .loop import EvalResult, autocast_context, evaluate, topk_correct
 from .optim import make_optimizer, make_scheduler
@@ -60,15 +61,9 @@ def seed_everything(seed: int) -> None:
 
 def resolve_runtime(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
     """Device, autocast mode and memory format: bf16 + channels_last on CUDA, plain fp32 on CPU."""
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(cfg.device)
-        except RuntimeError:
-            raise ConfigError(f"device={cfg.device!r} is not a device (cpu, cuda, cuda:N)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device=cuda asked for, but no CUDA GPU is available here")
+    from ..tasks.common import resolve_device
+
+    device = resolve_device(None if cfg.device == "auto" else cfg.device)
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     return device, amp, channels_last
@@ -77,11 +72,14 @@ def resolve_runtime(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
 def new_run_dir(cfg: TrainConfig) -> Path:
     base = Path(cfg.output)
     name = cfg.name or f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}"
+    base.mkdir(parents=True, exist_ok=True)
     run_dir, k = base / name, 1
-    while run_dir.exists():
-        run_dir, k = base / f"{name}-{k}", k + 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    while True:  # mkdir is the test: two runs started in the same second each get their own directory
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            run_dir, k = base / f"{name}-{k}", k + 1
 
 
 def build_data(cfg: TrainConfig, data_cfg: dict[str, Any]):
@@ -285,13 +283,17 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
 
     Example: `resnets.train(model="resnet18", data_dir="photos/", epochs=20, lr=0.05)`.
     """
+    defaults = TrainConfig()
+    explicit = set(overrides) | ({k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(defaults, k)}
+                                 if cfg else set())
     cfg = (dataclasses.replace(cfg, **overrides) if cfg else make_config(overrides)).resolved()
     resumed = None
-    if cfg.resume:  # the run's own options win, except how long to train and where and how it runs
+    if cfg.resume:
         run_dir, resume_file, resumed = find_resume(cfg.resume, cfg.output)
-        saved = make_config({k: v for k, v in resumed["config"].items() if k in TrainConfig.field_names()})
-        cfg = dataclasses.replace(saved, epochs=cfg.epochs, resume=cfg.resume, output=cfg.output, device=cfg.device,
-                                  workers=cfg.workers, progress=cfg.progress).resolved()
+        cfg = resumed_config(cfg, resumed, explicit)
+        if resumed["progress"]["epoch"] > cfg.epochs:
+            raise TrainingError(f"{run_dir} has already trained {resumed['progress']['epoch'] - 1} epochs; "
+                                f"raise --epochs to train on")
     if cfg.deterministic:
         make_deterministic()
     seed_everything(cfg.seed)
@@ -307,9 +309,10 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
 
     model = create_model(cfg.model, num_classes=num_classes, drop_path_rate=cfg.drop_path_rate)
     check_img_size(model, data_cfg["input_size"][-1])
-    model.pretrained_cfg, model.class_names = data_cfg, list(splits.class_names)
     if cfg.pretrained and resumed is None:
         load_pretrained(model, cfg, list(splits.class_names))
+    # After loading: a checkpoint's own preprocessing and classes must not replace this run's.
+    model.pretrained_cfg, model.class_names = data_cfg, list(splits.class_names)
     if cfg.freeze_backbone:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -337,11 +340,10 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     if resumed is not None:
         for stray in remove_stray_temp_files(run_dir):
             print(f"removed {stray.name}, left by an interrupted write", file=sys.stderr)
+        for newer in abandon_newer_states(run_dir, resume_file):
+            print(f"moved {newer.name} (newer than the state resumed from) to {newer.parent}", file=sys.stderr)
         restore(run, resumed)
         history, progress = list(resumed["history"]), Progress(**resumed["progress"])
-        if progress.epoch > cfg.epochs:
-            raise TrainingError(f"{run_dir} has already trained {progress.epoch - 1} epochs; "
-                                f"raise --epochs to train on")
         print(f"resuming {run_dir} from {resume_file.name}: epoch {progress.epoch}, batch "
               f"{progress.batch_in_epoch}/{batches_per_epoch}, step {progress.global_step}", file=sys.stderr)
     else:
@@ -405,6 +407,24 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
                    total_seconds=sum(r["seconds"] for r in history), unreadable_files=len(bad_files), **reports)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, progress.best_top1, progress.best_epoch, metrics)
+
+
+# What a resumed run may change; every other option is the run's own (a changed lr or model would not be
+# the same run any more).
+RESUME_OVERRIDABLE = {"epochs", "resume", "output", "device", "workers", "progress", "checkpoint_every",
+                      "keep_checkpoints", "log_tensorboard", "patience", "skip_nonfinite", "max_bad_fraction"}
+
+
+def resumed_config(cfg: TrainConfig, state: dict[str, Any], explicit: set[str]) -> TrainConfig:
+    """The saved run's options, with the explicitly given ones a resume may change; others are an error."""
+    saved = make_config({k: v for k, v in state["config"].items() if k in TrainConfig.field_names()})
+    conflicting = sorted(k for k in explicit - RESUME_OVERRIDABLE if getattr(cfg, k) != getattr(saved, k))
+    if conflicting:
+        raise ConfigError(f"--resume continues a run with its own options; these differ from it: "
+                          f"{', '.join(conflicting)} (only {', '.join(sorted(RESUME_OVERRIDABLE - {'resume'}))} "
+                          f"may change)")
+    keep = {k: getattr(cfg, k) for k in (explicit & RESUME_OVERRIDABLE) | {"resume", "output"}}
+    return dataclasses.replace(saved, **keep).resolved()
 
 
 def make_deterministic() -> None:
