@@ -229,3 +229,15 @@ def _nullcontext():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_tensorboard_log_has_scalars_and_the_model_graph(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = resnets.train(epochs=1, img_size=16, log_tensorboard=True, output=str(tmp_path), **FAST)
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "val/top1", "lr"} <= set(events.Tags()["scalars"])
+    assert events.Tags()["graph"]  # add_graph wrote the traced model
+    (val,) = events.Scalars("val/top1")
+    assert val.value == pytest.approx(result.best_top1, abs=1e-3)
