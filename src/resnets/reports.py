@@ -131,3 +131,20 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
                 color="white" if share[i, j] > 0.5 else "black", in_layout=False)
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
+
+REPORT_CSV, CONFUSION_CSV, CONFUSION_PNG = "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png"
+
+
+def write_class_reports(targets: Any, predictions: Any, class_names: Sequence[str], out_dir: str | Path,
+                        title: str | None = None) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Per-class report CSV, confusion matrix CSV and PNG in `out_dir`; returns (report rows, matrix).
+
+    One place for what a training run and `resnets eval` both write about a model's predictions.
+    """
+    out_dir = Path(out_dir)
+    rows = classification_report(targets, predictions, class_names)
+    cm = confusion_matrix(targets, predictions, len(class_names))
+    write_report_csv(rows, out_dir / REPORT_CSV)
+    write_confusion_csv(cm, class_names, out_dir / CONFUSION_CSV)
+    plot_confusion_matrix(cm, class_names, out_dir / CONFUSION_PNG, title=title)
+    return rows, cm

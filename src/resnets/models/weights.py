@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 
 from ..errors import CheckpointError
@@ -65,11 +65,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     metadata: dict[str, Any] = {}
     if path.suffix == ".safetensors":
         try:
-            state = load_file(str(path))
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
+            with safe_open(str(path), "pt") as f:  # one open for tensors and header alike
                 header = f.metadata() or {}
+                state = {key: f.get_tensor(key) for key in f.keys()}
             metadata = _maybe_json(header.get(METADATA_KEY, "{}"))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_short(e)})") from None

@@ -11,13 +11,11 @@ from ..data import DataError, eval_transform
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..models.weights import load_model, resolve_checkpoint
-from ..reports import (classification_report, confusion_matrix, plot_confusion_matrix, write_confusion_csv,
-                       write_report_csv)
+from ..reports import CONFUSION_CSV, CONFUSION_PNG, REPORT_CSV, write_class_reports
 from .common import beside_checkpoint, resolve_device
 
 EVAL_DIR = "eval"
-FILES = {"summary": "eval.json", "report": "per_class.csv", "confusion_csv": "confusion_matrix.csv",
-         "confusion_png": "confusion_matrix.png"}
+FILES = {"summary": "eval.json", "report": REPORT_CSV, "confusion_csv": CONFUSION_CSV, "confusion_png": CONFUSION_PNG}
 
 
 @dataclass
@@ -78,8 +76,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_n
     bad_files.report()
     if not len(bad_files):
         (out / BAD_FILES_CSV).unlink(missing_ok=True)  # an earlier eval's list, no longer true
-    per_class = classification_report(result.targets, result.predictions, class_names)
-    cm = confusion_matrix(result.targets, result.predictions, len(class_names))
+    per_class, cm = write_class_reports(
+        result.targets, result.predictions, class_names, out,
+        title=f"{weights.parent.name}/{weights.name} on {Path(data_dir).name}: top-1 {result.top1:.2f}%")
     files = {key: str(out / name) for key, name in FILES.items()}
     if len(bad_files):
         files["bad_files"] = str(bad_files.csv_path)
@@ -87,11 +86,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_n
                           checkpoint=str(weights), data_dir=str(data_dir), class_names=list(class_names),
                           per_class=per_class, confusion=cm.tolist(), output_dir=str(out), files=files,
                           unreadable_files=len(bad_files))
-    write_report_csv(per_class, files["report"])
-    write_confusion_csv(cm, class_names, files["confusion_csv"])
-    plot_confusion_matrix(cm, class_names, files["confusion_png"],
-                          title=f"{weights.parent.name}/{weights.name} on {Path(data_dir).name}: "
-                                f"top-1 {result.top1:.2f}%")
     atomic_write_json(files["summary"], summary.to_json())  # last: its presence means the rest is there
     return summary
 

@@ -267,14 +267,9 @@ def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_final_reports(run_dir: Path, result: EvalResult, class_names: list[str]) -> dict[str, Any]:
-    from ..reports import (classification_report, confusion_matrix, plot_confusion_matrix, write_confusion_csv,
-                           write_report_csv)
+    from ..reports import write_class_reports
 
-    rows = classification_report(result.targets.tolist(), result.predictions.tolist(), class_names)
-    write_report_csv(rows, run_dir / "per_class.csv")
-    cm = confusion_matrix(result.targets.tolist(), result.predictions.tolist(), len(class_names))
-    write_confusion_csv(cm, class_names, run_dir / "confusion_matrix.csv")
-    plot_confusion_matrix(cm, class_names, run_dir / "confusion_matrix.png")
+    rows, _ = write_class_reports(result.targets.tolist(), result.predictions.tolist(), class_names, run_dir)
     return {"per_class": rows}
 
 
