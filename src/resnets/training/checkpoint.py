@@ -21,7 +21,7 @@ from ..fileio import atomic_write_bytes, content_digest
 
 RESUME_GLOB = "checkpoint-*.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")
-REQUIRED = {"model", "optimizer", "scheduler", "epoch", "batch_in_epoch", "global_step", "config", "history",
+REQUIRED = {"model", "optimizer", "epoch", "batch_in_epoch", "global_step", "config", "history",
             "digest"}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -9,6 +10,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
     result = train(config_from_args(args))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
+        return 0
     print(f"best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}")
     print(result.run_dir)
     return 0

@@ -79,6 +79,13 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels only: identical weights from identical runs
     log_tensorboard: bool = False
     progress: bool = True  # tqdm bars (shown only on a terminal)
+    # several processes (torchrun); batch-size is per process
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (GPUs only)
+    scale_lr: str = "none"  # none, linear, sqrt: take --lr as the rate for --lr-base-batch and scale it to the global batch (batch-size x processes x accum-steps)
+    lr_base_batch: int = 256  # the batch --lr is meant for, with --scale-lr
+    dist_timeout: float = 600.0  # seconds a process waits for the others in a collective before the job fails
+    ddp_bucket_mb: float = 25.0  # size of DDP's gradient all-reduce buckets
+    ddp_static_graph: bool = False  # DDP static_graph: the same parameters get gradients in every step (lets DDP skip per-step bookkeeping)
 
     def resolved(self) -> "TrainConfig":
         """Fill the 'auto' fields that do not depend on the machine."""
@@ -89,7 +96,9 @@ class TrainConfig:
         if cfg.workers is None:
             # Worker processes only pay off when there are files to decode; on in-memory tensors they
             # just compete with the training threads (digits on 2 cores: 268 img/s with 0, 211 with 2).
-            cfg.workers = 0 if cfg.dataset == "digits" else min(8, os.cpu_count() or 1)
+            # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
+            cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            cfg.workers = 0 if cfg.dataset == "digits" else max(1, min(8, cores))
         if cfg.hflip is None:
             cfg.hflip = 0.0 if cfg.dataset == "digits" else 0.5
         cfg.validate()
@@ -98,12 +107,13 @@ class TrainConfig:
     def validate(self) -> None:
         choices = {"dataset": ("folder", "csv", "digits", "cifar10", "cifar100"), "opt": tuple(OPTIMIZERS),
                    "sched": ("cosine", "step", "multistep", "constant"), "amp": ("auto", "bf16", "fp16", "off"),
-                   "imbalance": ("none", "weights", "sampler"), "auto_augment": (None, "none", "rand", "trivial")}
+                   "imbalance": ("none", "weights", "sampler"), "scale_lr": ("none", "linear", "sqrt"),
+                   "auto_augment": (None, "none", "rand", "trivial")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 shown = ", ".join(str(a) for a in allowed if a is not None)
                 raise ConfigError(f"{key.replace('_', '-')}={getattr(self, key)!r} is not one of {shown}")
-        positive = ["epochs", "batch_size", "accum_steps", "keep_checkpoints"]
+        positive = ["epochs", "batch_size", "accum_steps", "keep_checkpoints", "lr_base_batch"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
@@ -121,6 +131,8 @@ class TrainConfig:
             raise ConfigError(f"dataset={self.dataset} needs --data-dir")
         if not 0.0 <= self.max_bad_fraction < 1.0:
             raise ConfigError(f"max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}")
+        if self.dist_timeout <= 0 or self.ddp_bucket_mb <= 0:
+            raise ConfigError("dist-timeout and ddp-bucket-mb must be > 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
 

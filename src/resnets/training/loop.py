@@ -13,13 +13,25 @@ from torch import nn
 
 @dataclass
 class EvalResult:
-    loss: float
-    top1: float  # percent, as timm reports it
-    top5: float
+    loss_sum: float
+    correct1: int
+    correct5: int
     num_samples: int
     predictions: torch.Tensor = field(repr=False)  # (N,) predicted class index
     targets: torch.Tensor = field(repr=False)  # (N,)
     probabilities: torch.Tensor | None = field(default=None, repr=False)  # (N, C) when asked for
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.num_samples
+
+    @property
+    def top1(self) -> float:  # percent, as timm reports it
+        return 100.0 * self.correct1 / self.num_samples
+
+    @property
+    def top5(self) -> float:
+        return 100.0 * self.correct5 / self.num_samples
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -30,21 +42,30 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[int]:
-    """How many samples have their target among the k highest logits, for each k (k capped at C)."""
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = (1, 5)) -> torch.Tensor:
+    """How many samples have their target among the k highest logits, for each k (k capped at C), as a
+    tensor on the logits' device: summing it needs no host sync."""
+    ks = list(ks)
     maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices  # (B, maxk)
-    hits = top.eq(targets[:, None])
-    return [int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+    hits = logits.topk(maxk, dim=1).indices.eq(targets[:, None])  # (B, maxk)
+    return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks])
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[int]:
+    return [int(v) for v in topk_hits(logits, targets, ks).tolist()]
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "off",
              keep_probabilities: bool = False, progress: Callable[[Iterable], Iterable] | None = None,
-             channels_last: bool = False) -> EvalResult:
-    """Loss, top-1/top-5 (percent) and per-sample predictions of `model` over `loader`."""
+             channels_last: bool = False, allow_empty: bool = False) -> EvalResult:
+    """Loss, top-1/top-5 and per-sample predictions of `model` over `loader`.
+
+    Sums stay on the device and predictions are moved once at the end: no host sync per batch.
+    `allow_empty`: a rank's shard of a tiny validation set may hold nothing; its part is then empty.
+    """
     model.eval()
-    total_loss, correct1, correct5, n = 0.0, 0, 0, 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits
     preds, targets, probs = [], [], []
     for images, labels in (progress(loader) if progress else loader):
         images = images.to(device, non_blocking=True)
@@ -54,14 +75,27 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str 
         with autocast_context(device, amp):
             logits = model(images)
         logits = logits.float()
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        c1, c5 = topk_correct(logits, labels)
-        correct1, correct5, n = correct1 + c1, correct5 + c5, n + labels.shape[0]
-        preds.append(logits.argmax(1).cpu())
-        targets.append(labels.cpu())
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        sums[1:] += topk_hits(logits, labels)
+        preds.append(logits.argmax(1))
+        targets.append(labels)
         if keep_probabilities:
-            probs.append(logits.softmax(1).cpu())
-    if n == 0:
-        raise ValueError("evaluation set is empty")
-    return EvalResult(total_loss / n, 100.0 * correct1 / n, 100.0 * correct5 / n, n,
-                      torch.cat(preds), torch.cat(targets), torch.cat(probs) if keep_probabilities else None)
+            probs.append(logits.softmax(1))
+    if not targets:
+        if not allow_empty:
+            raise ValueError("evaluation set is empty")
+        nothing = torch.empty(0, dtype=torch.long)
+        return EvalResult(0.0, 0, 0, 0, nothing, nothing, torch.empty(0, 0) if keep_probabilities else None)
+    loss_sum, c1, c5 = sums.tolist()
+    predictions, target = torch.cat(preds).cpu(), torch.cat(targets).cpu()
+    return EvalResult(loss_sum, int(c1), int(c5), len(target), predictions, target,
+                      torch.cat(probs).cpu() if keep_probabilities else None)
+
+
+def merge_results(parts: list[EvalResult]) -> EvalResult:
+    """One result from the disjoint shards that the ranks evaluated."""
+    probs = [p.probabilities for p in parts]
+    return EvalResult(sum(p.loss_sum for p in parts), sum(p.correct1 for p in parts),
+                      sum(p.correct5 for p in parts), sum(p.num_samples for p in parts),
+                      torch.cat([p.predictions for p in parts]), torch.cat([p.targets for p in parts]),
+                      None if any(p is None for p in probs) else torch.cat(probs))  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer; its lr is set before every step by `set_lr`."""
     return OPTIMIZERS[cfg.opt](param_groups(model, cfg.weight_decay), cfg)
 
 
@@ -43,23 +44,30 @@ def _multistep(epoch: float, cfg: TrainConfig) -> float:
     return cfg.decay_rate ** sum(epoch >= m for m in cfg.decay_milestones)
 
 
-def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base lr at an optimizer step: linear warm-up from 1/100, then the schedule."""
-    epoch = step / steps_per_epoch
+def lr_factor(epochs_done: float, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr after `epochs_done` (fractional) epochs: linear warm-up from 1/100, then
+    the schedule. A function of training progress, not of a step count, so that a run resumed with another
+    number of processes (other steps per epoch) keeps its schedule."""
     warmup = cfg.warmup_epochs
-    if warmup > 0 and epoch < warmup:
-        return 0.01 + 0.99 * epoch / warmup
+    if warmup > 0 and epochs_done < warmup:
+        return 0.01 + 0.99 * epochs_done / warmup
     if cfg.sched == "cosine":
         span = max(cfg.epochs - warmup, 1e-8)
-        return _cosine(min(1.0, (epoch - warmup) / span), cfg)
+        return _cosine(min(1.0, (epochs_done - warmup) / span), cfg)
     if cfg.sched == "step":
-        return _step(epoch, cfg)
+        return _step(epochs_done, cfg)
     if cfg.sched == "multistep":
-        return _multistep(epoch, cfg)
+        return _multistep(epochs_done, cfg)
     return 1.0
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                   cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per optimizer step, so warm-up and cosine are smooth within an epoch."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg))
+def scaled_lr(cfg: TrainConfig, global_batch: int) -> float:
+    """--lr, or with --scale-lr the lr for the global batch (batch x processes x accumulation), taking
+    --lr as the rate for --lr-base-batch: linear (Goyal et al. 2017) or square-root scaling."""
+    ratio = global_batch / cfg.lr_base_batch
+    return {"none": cfg.lr, "linear": cfg.lr * ratio, "sqrt": cfg.lr * math.sqrt(ratio)}[cfg.scale_lr]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * factor

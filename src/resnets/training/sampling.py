@@ -24,16 +24,26 @@ def _mix(*values: int) -> int:
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields (epoch, index): a seeded permutation per epoch, or a seeded weighted draw (balanced sampling)."""
+    """Yields (epoch, index): a seeded permutation per epoch, or a seeded weighted draw (balanced sampling).
 
-    def __init__(self, num_samples: int, seed: int, weights: Sequence[float] | None = None):
-        self.num_samples, self.seed = num_samples, seed
+    With several processes every rank draws the same order and takes every `world_size`-th position from
+    `start` on, cut to the same length on every rank (DDP steps in lockstep). Batch k of every rank then
+    covers positions [k * batch * world, (k + 1) * batch * world) of the order: after k batches the first
+    k * batch * world positions are consumed, whatever the number of processes, and a run resumed with
+    another number continues at that position.
+    """
+
+    def __init__(self, num_samples: int, seed: int, weights: Sequence[float] | None = None, rank: int = 0,
+                 world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
         self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
         self.epoch, self.start = 1, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Epoch to draw, and how many of its samples were already consumed (resuming mid-epoch)."""
-        self.epoch, self.start = epoch, start
+        """Epoch to draw, and how many of its positions all ranks together already consumed (resuming)."""
+        self.epoch, self.start = epoch, min(start, self.num_samples)
 
     def order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(_mix(self.seed, epoch))
@@ -42,11 +52,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return torch.randperm(self.num_samples, generator=g)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self.order(self.epoch)[self.start:].tolist():
+        mine = self.order(self.epoch)[self.start + self.rank::self.world_size][:len(self)]
+        for index in mine.tolist():
             yield self.epoch, index
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return (self.num_samples - self.start) // self.world_size
 
 
 class SeededItems(Dataset):

@@ -1,10 +1,12 @@
-"""`resnets.train`: data, model, loop, checkpoints and the run directory, in one readable function."""
+"""`resnets.train`: data, model, loop, checkpoints and the run directory, in one readable function.
+
+The same function runs alone or as one of several processes under torchrun (see distributed.py).
+"""
 from __future__ import annotations
 
 import csv
-import io
 import dataclasses
-import math
+import io
 import os
 import random
 import sys
@@ -12,37 +14,35 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 from ..analysis.flops import check_img_size
 from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, collate_skipping
-from ..errors import ConfigError, ResnetsError
+from ..errors import ConfigError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
-from .checkpoint import (abandon_newer_states, find_resume, remove_stray_temp_files, rng_state, save_resume_state,
-                         set_rng_state)
+from .checkpoint import (abandon_newer_states, find_resume, load_resume_state, remove_stray_temp_files, rng_state,
+                         save_resume_state)
 from .config import TrainConfig, make_config
-from .loop import EvalResult, autocast_context, evaluate, topk_correct
-from .optim import make_optimizer, make_scheduler
+from .distributed import (Distributed, convert_sync_bn, elastic_restart_count, elastic_run_id, init_distributed,
+                          wrap_model)
+from .loop import EvalResult, evaluate, merge_results
+from .optim import make_optimizer, scaled_lr
 from .plots import plot_curves
+from .resume import RESUME_OVERRIDABLE, elastic_restart_target, restore, resume_state, resumed_config  # noqa: F401
 from .sampling import EpochSampler, SeededItems
+from .steps import Progress, Run, TrainingError, train_one_epoch  # noqa: F401  (TrainingError: public here)
 
 SUMMARY_FIELDS = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr",
                   "seconds"]
-
-
-class TrainingError(ResnetsError):
-    """The run cannot go on (e.g. the loss became NaN)."""
 
 
 @dataclass
@@ -59,14 +59,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_runtime(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
-    """Device, autocast mode and memory format: bf16 + channels_last on CUDA, plain fp32 on CPU."""
-    from ..tasks.common import resolve_device
-
-    device = resolve_device(None if cfg.device == "auto" else cfg.device)
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[str, bool]:
+    """Autocast mode and memory format: bf16 + channels_last on CUDA, plain fp32 on CPU."""
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    return device, amp, channels_last
+    return amp, channels_last
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -93,20 +90,26 @@ def build_data(cfg: TrainConfig, data_cfg: dict[str, Any]):
     return splits
 
 
-def make_loaders(cfg: TrainConfig, splits, device: torch.device) -> tuple[SkipUnreadable, SkipUnreadable, EpochSampler]:
-    """Train and val loaders that skip unreadable files (shared `.bad_files` list), and the train sampler."""
+def make_loaders(cfg: TrainConfig, splits, device: torch.device, ctx: Distributed,
+                 ) -> tuple[SkipUnreadable, SkipUnreadable, EpochSampler]:
+    """Train and val loaders of this process's shares that skip unreadable files (shared `.bad_files`
+    list), and the train sampler. Validation shards are disjoint and unpadded: every image counts once."""
     weights = None
     if cfg.imbalance == "sampler":
         counts = np.bincount(splits.train_labels, minlength=len(splits.class_names))
         weights = [1.0 / counts[y] for y in splits.train_labels]
-    sampler = EpochSampler(len(splits.train), cfg.seed, weights)
+    sampler = EpochSampler(len(splits.train), cfg.seed, weights, rank=ctx.rank, world_size=ctx.world_size)
+    if len(sampler) == 0:
+        raise ConfigError(f"{len(splits.train)} training images cannot feed {ctx.world_size} processes")
     # An own generator: iterator creation must not draw from the global RNG, which a resumed run restores.
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
                   generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping)
     train_loader = DataLoader(SeededItems(splits.train, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
-                              drop_last=len(splits.train) > cfg.batch_size, **common)
-    val_loader = DataLoader(splits.val, batch_size=cfg.batch_size, shuffle=False, **common)
-    bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction)
+                              drop_last=len(sampler) > cfg.batch_size, **common)
+    val_loader = DataLoader(splits.val, batch_size=cfg.batch_size,
+                            sampler=range(ctx.rank, len(splits.val), ctx.world_size), **common)
+    quiet = {} if ctx.is_main else {"warn": lambda message: None}  # rank 0 reports the united list
+    bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction, **quiet)
     return SkipUnreadable(train_loader, bad_files, keep_empty=True), SkipUnreadable(val_loader, bad_files), sampler
 
 
@@ -146,117 +149,6 @@ def make_batch_mixer(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
     return v2.RandomChoice(mixers) if len(mixers) > 1 else (mixers[0] if mixers else None)
 
 
-@dataclass
-class Progress:
-    """Where a run is: saved in every resume state, so a resumed run continues exactly."""
-
-    epoch: int = 1
-    batch_in_epoch: int = 0  # batches of `epoch` already trained
-    global_step: int = 0  # optimizer steps
-    best_top1: float = -1.0
-    best_epoch: int = 0
-    stale_epochs: int = 0
-    nonfinite_in_a_row: int = 0
-    loss_sum: float = 0.0  # running totals of the current epoch
-    correct1: int = 0
-    correct5: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch, self.batch_in_epoch = epoch, 0
-        self.loss_sum, self.correct1, self.correct5, self.seen, self.seconds = 0.0, 0, 0, 0, 0.0
-
-
-@dataclass
-class Run:
-    """The live objects of a training run, in one place for the loop and the resume state."""
-
-    model: nn.Module
-    step_model: nn.Module  # `model`, or its compiled wrapper
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    ema: nn.Module | None
-    criterion: nn.Module
-    mixer: v2.Transform | None
-    device: torch.device
-    amp: str
-    channels_last: bool
-    batches_per_epoch: int
-
-
-def train_one_epoch(run: Run, loader: DataLoader, cfg: TrainConfig, progress: Progress,
-                    checkpoint: Callable[[], None]) -> dict[str, float]:
-    """Train from `progress.batch_in_epoch` to the end of `progress.epoch`; `checkpoint()` every
-    `cfg.checkpoint_every` optimizer steps."""
-    model, optimizer, device = run.model, run.optimizer, run.device
-    model.train()
-    if cfg.freeze_backbone:  # frozen statistics too: BN layers of a frozen backbone stay in eval mode
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    start = time.perf_counter() - progress.seconds
-    bar = tqdm(loader, desc=f"epoch {progress.epoch}/{cfg.epochs}", leave=False,
-               disable=None if cfg.progress else True, dynamic_ncols=True, file=sys.stderr)
-    optimizer.zero_grad(set_to_none=True)
-    for images, labels in bar:
-        batch = progress.batch_in_epoch
-        if not len(labels):  # every file of the batch was unreadable; it still counts, for resuming mid-epoch
-            progress.batch_in_epoch += 1
-            continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        hard_labels = labels
-        if run.mixer is not None:
-            images, labels = run.mixer(images, labels)  # labels become (B, C) mixtures
-            hard_labels = labels.argmax(1)
-        if run.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, run.amp):
-            logits = run.step_model(images)
-            loss = run.criterion(logits.float(), labels)
-        progress.batch_in_epoch += 1
-        if not torch.isfinite(loss):
-            where = f"epoch {progress.epoch}, step {progress.global_step + 1} (batch {batch + 1})"
-            if progress.nonfinite_in_a_row >= cfg.skip_nonfinite:
-                raise TrainingError(f"loss became {loss.item()} at {where}; try a lower --lr, --clip-grad, "
-                                    f"or --skip-nonfinite N")
-            progress.nonfinite_in_a_row += 1
-            print(f"warning: skipped a non-finite loss at {where} "
-                  f"({progress.nonfinite_in_a_row} in a row, at most {cfg.skip_nonfinite})", file=sys.stderr)
-            optimizer.zero_grad(set_to_none=True)
-            continue
-        progress.nonfinite_in_a_row = 0
-        run.scaler.scale(loss / cfg.accum_steps).backward()
-        if (batch + 1) % cfg.accum_steps == 0 or batch + 1 == run.batches_per_epoch:
-            if cfg.clip_grad > 0:
-                run.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            run.scaler.step(optimizer)
-            run.scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            run.scheduler.step()
-            if run.ema is not None:
-                run.ema.update_parameters(model)
-            progress.global_step += 1
-        n = hard_labels.shape[0]
-        c1, c5 = topk_correct(logits.detach().float(), hard_labels)
-        progress.loss_sum += loss.item() * n
-        progress.correct1, progress.correct5, progress.seen = progress.correct1 + c1, progress.correct5 + c5, \
-            progress.seen + n
-        progress.seconds = time.perf_counter() - start
-        bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}",
-                        top1=f"{100 * progress.correct1 / progress.seen:.1f}",
-                        img_s=f"{progress.seen / progress.seconds:.0f}")
-        at_step_end = (batch + 1) % cfg.accum_steps == 0
-        if cfg.checkpoint_every and at_step_end and progress.global_step % cfg.checkpoint_every == 0 \
-                and progress.batch_in_epoch < run.batches_per_epoch:
-            checkpoint()
-    seen = max(progress.seen, 1)
-    return dict(train_loss=progress.loss_sum / seen, train_top1=100 * progress.correct1 / seen,
-                train_top5=100 * progress.correct5 / seen, images_per_second=progress.seen / max(progress.seconds, 1e-9))
-
-
 def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
@@ -276,23 +168,81 @@ def write_final_reports(run_dir: Path, result: EvalResult, class_names: list[str
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     """Train a model as `resnets train` does; returns the run directory and its best top-1.
 
-    Example: `resnets.train(model="resnet18", data_dir="photos/", epochs=20, lr=0.05)`.
+    Example: `resnets.train(model="resnet18", data_dir="photos/", epochs=20, lr=0.05)`. Under
+    `torchrun --nproc_per_node N -m resnets train ...` each process calls this and trains its share.
     """
     defaults = TrainConfig()
     explicit = set(overrides) | ({k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(defaults, k)}
                                  if cfg else set())
     cfg = (dataclasses.replace(cfg, **overrides) if cfg else make_config(overrides)).resolved()
+    ctx, device = init_distributed(cfg.device, cfg.dist_timeout)
+    result = _train(cfg, explicit, ctx, device)
+    # Only on success: after an error a peer may still sit in a collective, and the process exit (which
+    # torchrun turns into ending the whole job) is the way out.
+    ctx.close()
+    return result
+
+
+def _locate_resume(cfg: TrainConfig, ctx: Distributed) -> tuple[Path, Path, dict[str, Any]] | None:
+    """(run_dir, file, state) to continue from: --resume, or after a torchrun restart the run that the
+    failed attempt wrote. Rank 0 picks (and warns about damaged files); every rank loads the file it names."""
+    loaded: dict[str, Any] = {}
+
+    def pick() -> tuple[Path, Path] | None:
+        target = cfg.resume
+        if target is None and elastic_restart_count() > 0:
+            found = elastic_restart_target(cfg.output, elastic_run_id())
+            target = str(found) if found else None
+            print(f"torchrun restart {elastic_restart_count()}: "
+                  f"{f'resuming {found}' if found else 'no checkpoint of the failed attempt, starting afresh'}",
+                  file=sys.stderr)
+        if target is None:
+            return None
+        run_dir, file, loaded["state"] = find_resume(target, cfg.output)
+        return run_dir, file
+
+    picked = ctx.on_main(pick)
+    if picked is None:
+        return None
+    run_dir, file = picked
+    return run_dir, file, loaded["state"] if ctx.is_main else load_resume_state(file)
+
+
+def _evaluate(model: nn.Module, loader, device: torch.device, amp: str, channels_last: bool,
+              ctx: Distributed) -> EvalResult:
+    """Every process evaluates its shard; the parts add up to one result on every process."""
+    part = evaluate(model, loader, device, amp, channels_last=channels_last, allow_empty=ctx.enabled)
+    result = merge_results(ctx.gather(part)) if ctx.enabled else part
+    if result.num_samples == 0:
+        raise ValueError("evaluation set is empty")
+    return result
+
+
+def _share_bad_files(bad_files: BadFiles, ctx: Distributed) -> None:
+    """Unite the processes' lists of unreadable files, stop together past the limit, report once."""
+    if ctx.enabled:
+        for reasons in ctx.gather(dict(bad_files.reasons)):
+            for file, reason in reasons.items():
+                bad_files.reasons.setdefault(file, reason)
+        bad_files.add([])  # the limit, on the united list: every process raises or none does
+    if ctx.is_main:
+        bad_files.report()
+
+
+def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch.device) -> RunResult:
+    located = _locate_resume(cfg, ctx)
     resumed = None
-    if cfg.resume:
-        run_dir, resume_file, resumed = find_resume(cfg.resume, cfg.output)
+    if located is not None:
+        run_dir, resume_file, resumed = located
         cfg = resumed_config(cfg, resumed, explicit)
         if resumed["progress"]["epoch"] > cfg.epochs:
             raise TrainingError(f"{run_dir} has already trained {resumed['progress']['epoch'] - 1} epochs; "
                                 f"raise --epochs to train on")
     if cfg.deterministic:
         make_deterministic()
-    seed_everything(cfg.seed)
-    device, amp, channels_last = resolve_runtime(cfg)
+    seed_everything(cfg.seed + ctx.rank)  # model-side randomness (dropout, mixup) differs between processes
+    amp, channels_last = resolve_precision(cfg, device)
+    say = print if ctx.is_main else (lambda *args, **kwargs: None)
 
     data_cfg = dict(get_config(cfg.model).data_config())
     if cfg.img_size:
@@ -313,113 +263,118 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
             p.requires_grad_(False)
         for p in model.get_classifier().parameters():
             p.requires_grad_(True)
+    if cfg.sync_bn:
+        model = convert_sync_bn(model, ctx, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    train_loader, val_loader, sampler = make_loaders(cfg, splits, device)
-    batches_per_epoch = len(train_loader)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, math.ceil(batches_per_epoch / cfg.accum_steps), cfg)
+    train_loader, val_loader, sampler = make_loaders(cfg, splits, device, ctx)
+    global_batch = cfg.batch_size * ctx.world_size
     ema = None
     if cfg.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    run = Run(model=model, step_model=torch.compile(model) if cfg.compile else model, optimizer=optimizer,
-              scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), ema=ema,
+    run = Run(model=model, step_model=model, ddp=None, optimizer=make_optimizer(model, cfg),
+              base_lr=scaled_lr(cfg, global_batch * cfg.accum_steps),
+              scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), ema=ema,
               criterion=make_criterion(cfg, splits, device), mixer=make_batch_mixer(cfg, num_classes),
-              device=device, amp=amp, channels_last=channels_last, batches_per_epoch=batches_per_epoch)
+              device=device, amp=amp, channels_last=channels_last, batches_per_epoch=len(train_loader),
+              global_batch=global_batch, dist=ctx)
 
     history: list[dict[str, Any]] = []
     progress = Progress()
     if resumed is not None:
-        for stray in remove_stray_temp_files(run_dir):
-            print(f"removed {stray.name}, left by an interrupted write", file=sys.stderr)
-        for newer in abandon_newer_states(run_dir, resume_file):
-            print(f"moved {newer.name} (newer than the state resumed from) to {newer.parent}", file=sys.stderr)
-        restore(run, resumed)
-        history, progress = list(resumed["history"]), Progress(**resumed["progress"])
-        print(f"resuming {run_dir} from {resume_file.name}: epoch {progress.epoch}, batch "
-              f"{progress.batch_in_epoch}/{batches_per_epoch}, step {progress.global_step}", file=sys.stderr)
+        if ctx.is_main:
+            for stray in remove_stray_temp_files(run_dir):
+                say(f"removed {stray.name}, left by an interrupted write", file=sys.stderr)
+            for newer in abandon_newer_states(run_dir, resume_file):
+                say(f"moved {newer.name} (newer than the state resumed from) to {newer.parent}", file=sys.stderr)
+        progress, history = restore(run, resumed, cfg.seed), list(resumed["history"])
+        say(f"resuming {run_dir} from {resume_file.name} on {ctx.world_size} process(es): epoch {progress.epoch}, "
+            f"image {progress.samples_in_epoch:,}/{len(splits.train):,}, step {progress.global_step}", file=sys.stderr)
     else:
-        run_dir = new_run_dir(cfg)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
-        {**cfg.to_dict(), "resolved_device": str(device), "resolved_amp": amp,
-         "resolved_channels_last": channels_last}, sort_keys=False))
+        run_dir = ctx.on_main(lambda: new_run_dir(cfg))
+    # Wrapped after restoring: DDP starts every process from rank 0's weights and buffers.
+    run.ddp = wrap_model(model, ctx, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph) if ctx.enabled else None
+    run.step_model = run.ddp or model
+    if cfg.compile:
+        run.step_model = torch.compile(run.step_model)
+
     bad_files = train_loader.bad_files
-    bad_files.attach(run_dir / BAD_FILES_CSV)
-    writer = _tensorboard(cfg, run_dir, model, device, data_cfg)
-    print(f"{splits.description}; model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) "
-          f"on {device}, amp {amp}", file=sys.stderr)
+    writer = None
+    if ctx.is_main:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
+            {**cfg.to_dict(), "resolved_device": str(device), "resolved_amp": amp,
+             "resolved_channels_last": channels_last, "world_size": ctx.world_size, "global_batch": global_batch,
+             "resolved_lr": run.base_lr, "elastic_run_id": elastic_run_id()}, sort_keys=False))
+        bad_files.attach(run_dir / BAD_FILES_CSV)
+        writer = _tensorboard(cfg, run_dir, model, device, data_cfg)
+    say(f"{splits.description}; model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) "
+        f"on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}, amp {amp}", file=sys.stderr)
 
     def checkpoint() -> None:
-        save_resume_state(run_dir, resume_state(run, progress, history, cfg, splits.class_names),
-                          keep=cfg.keep_checkpoints)
+        rngs = ctx.gather(rng_state())  # each process's own streams, for an exact resume at the same size
+        if ctx.is_main:
+            save_resume_state(run_dir, resume_state(run, progress, history, cfg, splits.class_names, rngs),
+                              keep=cfg.keep_checkpoints)
 
     eval_model = ema.module if ema is not None else model
     while progress.epoch <= cfg.epochs:
         epoch = progress.epoch
-        sampler.set_epoch(epoch, start=progress.batch_in_epoch * cfg.batch_size)
+        sampler.set_epoch(epoch, start=progress.samples_in_epoch)
         stats = train_one_epoch(run, train_loader, cfg, progress, checkpoint)
         t_eval = time.perf_counter()
-        val = evaluate(eval_model, val_loader, device, amp, channels_last=channels_last)
-        bad_files.report()
+        for module in {id(m): m for m in (model, eval_model)}.values():
+            ctx.average_buffers(module)
+        val = _evaluate(eval_model, val_loader, device, amp, channels_last, ctx)
+        _share_bad_files(bad_files, ctx)
         row = dict(epoch=epoch, **stats, val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
-                   lr=optimizer.param_groups[0]["lr"], seconds=progress.seconds + time.perf_counter() - t_eval)
+                   lr=run.optimizer.param_groups[0]["lr"], seconds=progress.seconds + time.perf_counter() - t_eval)
         history.append(row)
         improved = val.top1 > progress.best_top1
         if improved:
             progress.best_top1, progress.best_epoch, progress.stale_epochs = val.top1, epoch, 0
-            save_weights(eval_model, run_dir / "best.safetensors")
         else:
             progress.stale_epochs += 1
-        save_weights(eval_model, run_dir / "last.safetensors")
+        if ctx.is_main:
+            if improved:
+                save_weights(eval_model, run_dir / "best.safetensors")
+            save_weights(eval_model, run_dir / "last.safetensors")
         progress.start_epoch(epoch + 1)
         checkpoint()
-        write_summary_csv(history, run_dir / "summary.csv")
-        plot_curves(history, run_dir / "curves.png", title=f"{cfg.model} on {cfg.dataset}")
-        if writer is not None:
-            for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
-                writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
-        print(f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} top1 {row['train_top1']:6.2f}  "
-              f"val loss {val.loss:.4f} top1 {val.top1:6.2f} top5 {val.top5:6.2f}  lr {row['lr']:.2e}  "
-              f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s{'  *' if improved else ''}",
-              file=sys.stderr)
+        if ctx.is_main:
+            write_summary_csv(history, run_dir / "summary.csv")
+            plot_curves(history, run_dir / "curves.png", title=f"{cfg.model} on {cfg.dataset}")
+            if writer is not None:
+                for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
+                    writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+        say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} top1 {row['train_top1']:6.2f}  "
+            f"val loss {val.loss:.4f} top1 {val.top1:6.2f} top5 {val.top5:6.2f}  lr {row['lr']:.2e}  "
+            f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s{'  *' if improved else ''}",
+            file=sys.stderr)
         if cfg.patience and progress.stale_epochs >= cfg.patience:
-            print(f"early stop: no better val top-1 for {progress.stale_epochs} epochs", file=sys.stderr)
+            say(f"early stop: no better val top-1 for {progress.stale_epochs} epochs", file=sys.stderr)
             break
     if writer is not None:
         writer.close()
 
-    # Final report of the best model (the weights users will ship), on the validation set.
-    load_checkpoint(eval_model, run_dir / "best.safetensors")
-    final = evaluate(eval_model, val_loader, device, amp, channels_last=channels_last)
-    reports = write_final_reports(run_dir, final, list(splits.class_names))
+    # Final report of the best model (the weights users will ship), on the validation set. Rank 0 has the
+    # file; the others get its weights over the wire (their disks may not share the run directory).
+    if ctx.is_main:
+        load_checkpoint(eval_model, run_dir / "best.safetensors")
+    ctx.broadcast_module(eval_model)
+    final = _evaluate(eval_model, val_loader, device, amp, channels_last, ctx)
     metrics = dict(best_top1=progress.best_top1, best_epoch=progress.best_epoch, best_top5=final.top5,
                    best_val_loss=final.loss, epochs_run=len(history), global_steps=progress.global_step,
                    num_classes=num_classes, class_names=list(splits.class_names), train_samples=len(splits.train),
-                   val_samples=len(splits.val), model=cfg.model, device=str(device), amp=amp,
-                   total_seconds=sum(r["seconds"] for r in history), unreadable_files=len(bad_files), **reports)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+                   val_samples=final.num_samples, model=cfg.model, device=str(device), amp=amp,
+                   world_size=ctx.world_size, total_seconds=sum(r["seconds"] for r in history),
+                   unreadable_files=len(bad_files))
+    if ctx.is_main:
+        metrics.update(write_final_reports(run_dir, final, list(splits.class_names)))
+        atomic_write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, progress.best_top1, progress.best_epoch, metrics)
-
-
-# What a resumed run may change; every other option is the run's own (a changed lr or model would not be
-# the same run any more).
-RESUME_OVERRIDABLE = {"epochs", "resume", "output", "device", "workers", "progress", "checkpoint_every",
-                      "keep_checkpoints", "log_tensorboard", "patience", "skip_nonfinite", "max_bad_fraction"}
-
-
-def resumed_config(cfg: TrainConfig, state: dict[str, Any], explicit: set[str]) -> TrainConfig:
-    """The saved run's options, with the explicitly given ones a resume may change; others are an error."""
-    saved = make_config({k: v for k, v in state["config"].items() if k in TrainConfig.field_names()})
-    conflicting = sorted(k for k in explicit - RESUME_OVERRIDABLE if getattr(cfg, k) != getattr(saved, k))
-    if conflicting:
-        raise ConfigError(f"--resume continues a run with its own options; these differ from it: "
-                          f"{', '.join(conflicting)} (only {', '.join(sorted(RESUME_OVERRIDABLE - {'resume'}))} "
-                          f"may change)")
-    keep = {k: getattr(cfg, k) for k in (explicit & RESUME_OVERRIDABLE) | {"resume", "output"}}
-    return dataclasses.replace(saved, **keep).resolved()
 
 
 def make_deterministic() -> None:
@@ -427,27 +382,6 @@ def make_deterministic() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
-
-
-def resume_state(run: Run, progress: Progress, history: list[dict[str, Any]], cfg: TrainConfig,
-                 class_names: list[str]) -> dict[str, Any]:
-    return dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
-                scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
-                ema=run.ema.state_dict() if run.ema is not None else None, epoch=progress.epoch,
-                batch_in_epoch=progress.batch_in_epoch, global_step=progress.global_step,
-                progress=dataclasses.asdict(progress), history=history, config=cfg.to_dict(),
-                class_names=list(class_names), rng=rng_state())
-
-
-def restore(run: Run, state: dict[str, Any]) -> None:
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    if run.ema is not None and state.get("ema"):
-        run.ema.load_state_dict(state["ema"])
-    set_rng_state(state["rng"])
 
 
 def _tensorboard(cfg: TrainConfig, run_dir: Path, model: nn.Module, device: torch.device, data_cfg: dict[str, Any]):
