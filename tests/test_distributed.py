@@ -183,3 +183,11 @@ def test_one_process_state_resumes_in_two_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((first.run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_steps"] == 44 + 22 and metrics["epochs_run"] == 2
+
+
+def test_two_processes_train_from_the_in_memory_store(tmp_path):
+    done = torchrun(["--in-memory", "--img-size", "16", "-b", "32", "--epochs", "1", "--no-progress", "--name", "m"],
+                    tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("in memory: 1,438 training images") == 1  # said once, by rank 0
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["global_steps"] == 22

@@ -68,6 +68,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
     channels_last: bool | None = None  # default: on CUDA
     compile: bool = False
+    in_memory: bool = False  # decode the training images once into a uint8 tensor on the device and crop/flip whole batches there: no DataLoader (data that fits in memory)
+    cache_dir: str | None = None  # where --in-memory keeps decoded folders, keyed by the files' paths, sizes and times (default ~/.cache/resnets)
     workers: int | None = None  # data-loading processes; default 0 for in-memory data (digits), else min(8, cores)
     seed: int = 0
     output: str = "runs"
@@ -131,6 +133,9 @@ class TrainConfig:
             raise ConfigError(f"dataset={self.dataset} needs --data-dir")
         if not 0.0 <= self.max_bad_fraction < 1.0:
             raise ConfigError(f"max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}")
+        if self.in_memory and (self.auto_augment not in (None, "none") or self.random_erasing > 0):
+            raise ConfigError("--in-memory augments with crop and flip only; drop --auto-augment/--random-erasing "
+                              "or --in-memory")
         if self.dist_timeout <= 0 or self.ddp_bucket_mb <= 0:
             raise ConfigError("dist-timeout and ddp-bucket-mb must be > 0")
         if not 0.0 <= self.ema_decay < 1.0:

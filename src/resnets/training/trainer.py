@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from ..analysis.flops import check_img_size
-from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, collate_skipping
+from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, Unreadable, collate_skipping
+from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
+from ..data.transforms import image_size
 from ..errors import ConfigError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import create_model, get_config
@@ -90,27 +92,63 @@ def build_data(cfg: TrainConfig, data_cfg: dict[str, Any]):
     return splits
 
 
-def make_loaders(cfg: TrainConfig, splits, device: torch.device, ctx: Distributed,
-                 ) -> tuple[SkipUnreadable, SkipUnreadable, EpochSampler]:
+def make_loaders(cfg: TrainConfig, splits, data_cfg: dict[str, Any], device: torch.device, ctx: Distributed,
+                 ) -> tuple[SkipUnreadable | DeviceLoader, SkipUnreadable, EpochSampler]:
     """Train and val loaders of this process's shares that skip unreadable files (shared `.bad_files`
     list), and the train sampler. Validation shards are disjoint and unpadded: every image counts once."""
+    quiet = {} if ctx.is_main else {"warn": lambda message: None}  # rank 0 reports the united list
+    bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction, **quiet)
+    store = resident_store(cfg, splits, data_cfg, device, ctx, bad_files) if cfg.in_memory else None
+    labels = store.labels.tolist() if store is not None else splits.train_labels
     weights = None
     if cfg.imbalance == "sampler":
-        counts = np.bincount(splits.train_labels, minlength=len(splits.class_names))
-        weights = [1.0 / counts[y] for y in splits.train_labels]
-    sampler = EpochSampler(len(splits.train), cfg.seed, weights, rank=ctx.rank, world_size=ctx.world_size)
+        counts = np.bincount(labels, minlength=len(splits.class_names))
+        weights = [1.0 / counts[y] for y in labels]
+    sampler = EpochSampler(len(labels), cfg.seed, weights, rank=ctx.rank, world_size=ctx.world_size)
     if len(sampler) == 0:
-        raise ConfigError(f"{len(splits.train)} training images cannot feed {ctx.world_size} processes")
+        raise ConfigError(f"{len(labels)} training images cannot feed {ctx.world_size} processes")
+    drop_last = len(sampler) > cfg.batch_size
     # An own generator: iterator creation must not draw from the global RNG, which a resumed run restores.
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
                   generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping)
-    train_loader = DataLoader(SeededItems(splits.train, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
-                              drop_last=len(sampler) > cfg.batch_size, **common)
+    if store is not None:
+        train_loader: SkipUnreadable | DeviceLoader = DeviceLoader(
+            store, sampler, cfg.batch_size, DeviceAugment(data_cfg, image_size(data_cfg, cfg.img_size), cfg.hflip),
+            cfg.seed, drop_last, bad_files)
+    else:
+        train_loader = SkipUnreadable(DataLoader(SeededItems(splits.train, cfg.seed), batch_size=cfg.batch_size,
+                                                 sampler=sampler, drop_last=drop_last, **common),
+                                      bad_files, keep_empty=True)
     val_loader = DataLoader(splits.val, batch_size=cfg.batch_size,
                             sampler=range(ctx.rank, len(splits.val), ctx.world_size), **common)
-    quiet = {} if ctx.is_main else {"warn": lambda message: None}  # rank 0 reports the united list
-    bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction, **quiet)
-    return SkipUnreadable(train_loader, bad_files, keep_empty=True), SkipUnreadable(val_loader, bad_files), sampler
+    return train_loader, SkipUnreadable(val_loader, bad_files), sampler
+
+
+def resident_store(cfg: TrainConfig, splits, data_cfg: dict[str, Any], device: torch.device, ctx: Distributed,
+                   bad_files: BadFiles) -> ImageStore:
+    """The training images decoded once, on `device`. Rank 0 decodes (and caches a folder) first; the
+    other processes then read its cache instead of decoding the same files again."""
+    side = store_size(data_cfg, cfg.img_size)
+    mine: dict[str, ImageStore] = {}
+
+    def build() -> tuple[Path | None, bool]:
+        mine["store"], path, built = cached_store(splits.train, side, data_cfg, cfg.cache_dir, cfg.workers)
+        return path, built
+
+    path, built = ctx.on_main(build)
+    store = mine.get("store") or cached_store(splits.train, side, data_cfg, cfg.cache_dir, cfg.workers)[0]
+    need = store.images.numel()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free // 2:
+            raise ConfigError(f"--in-memory needs {need / 2**30:.1f} GiB for {len(store):,} images at {side}x{side} "
+                              f"but the GPU has {free / 2**30:.1f} GiB free; use the file pipeline (drop --in-memory)")
+    bad_files.add(Unreadable(file, reason) for file, reason in store.broken.items())
+    where = f"; {'built' if built else 'read'} {path}" if path else ""
+    if ctx.is_main:
+        print(f"in memory: {len(store):,} training images at {side}x{side}, {need / 2**20:,.0f} MiB on {device}{where}",
+              file=sys.stderr)
+    return store.to(device)
 
 
 def make_criterion(cfg: TrainConfig, splits, device: torch.device) -> nn.Module:
@@ -269,7 +307,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    train_loader, val_loader, sampler = make_loaders(cfg, splits, device, ctx)
+    train_loader, val_loader, sampler = make_loaders(cfg, splits, data_cfg, device, ctx)
     global_batch = cfg.batch_size * ctx.world_size
     ema = None
     if cfg.ema_decay > 0:

@@ -1,0 +1,183 @@
+"""Training images held on the training device as uint8 and augmented there a whole batch at a time.
+
+For data that fits in device memory (digits, CIFAR, a folder of some thousands of photos): each image is
+decoded once, resized to a fixed square "store" size, and kept in one (N, C, S, S) uint8 tensor. A batch is
+then an index into that tensor plus a few batched ops (crop, flip, normalise) on the device: no DataLoader,
+no worker processes, no host-to-device copy per step. Folders are decoded once into a cache file keyed by
+the files' paths, sizes and modification times, so any change to the data builds a new one.
+
+Augmentation matches the file pipeline (transforms.py) for small images (reflect-pad, random crop, flip);
+for larger ones RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) samples from the stored center square of
+side size / crop_pct rather than from the whole original image. Randomness comes from a generator seeded
+by (seed, epoch, batch position, rank): a resumed run draws the same crops.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors import safe_open
+from safetensors.torch import save
+from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+
+from ..errors import ConfigError
+from ..fileio import atomic_write_bytes
+from .bad_files import BadFiles, collate_skipping
+from .transforms import SMALL_IMAGE, _interpolation, image_size
+
+STORE_FORMAT = 1  # part of every cache key: a change of how images are stored invalidates old caches
+
+
+def store_size(data_cfg: dict[str, Any], img_size: int | None = None) -> int:
+    """Side of the stored squares: the training size for small images (pad-crop), else size / crop_pct."""
+    size = image_size(data_cfg, img_size)
+    return size if size <= SMALL_IMAGE else int(math.floor(size / float(data_cfg.get("crop_pct", 1.0))))
+
+
+@dataclass
+class ImageStore:
+    images: torch.Tensor  # (N, C, S, S) uint8
+    labels: torch.Tensor  # (N,) int64
+    broken: dict[str, str]  # files that did not decode (not in `images`), with the reason
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device) -> "ImageStore":
+        return ImageStore(self.images.to(device), self.labels.to(device), self.broken)
+
+
+def build_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], workers: int = 0) -> ImageStore:
+    """Decode every item of `dataset` (an ImageFiles or TensorImages) once, at `side` x `side`."""
+    stored = copy.copy(dataset)  # the same items, stored rather than augmented
+    stored.transform = v2.Compose([v2.ToImage(), v2.Resize(side, interpolation=_interpolation(data_cfg),  # type: ignore[attr-defined]
+                                                           antialias=True), v2.CenterCrop(side)])
+    loader = DataLoader(stored, batch_size=256, num_workers=workers, collate_fn=collate_skipping)
+    images, labels, broken = [], [], {}
+    for batch_images, batch_labels, unreadable in loader:
+        broken.update({u.file: u.reason for u in unreadable})
+        if len(batch_labels):
+            images.append(batch_images.expand(-1, 3, -1, -1) if batch_images.shape[1] == 1 else batch_images)
+            labels.append(batch_labels)
+    if not images:
+        raise ConfigError("no readable training image to keep in memory")
+    return ImageStore(torch.cat(images).contiguous(), torch.cat(labels).long(), broken)
+
+
+def cache_key(samples: list[tuple[str, int]], side: int, data_cfg: dict[str, Any]) -> str:
+    """Digest of what a stored folder depends on: every file's path, size and mtime, labels, size, resize."""
+    h = hashlib.sha256(json.dumps([STORE_FORMAT, side, data_cfg.get("interpolation", "bilinear")]).encode())
+    for path, label in samples:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+        except OSError:
+            h.update(f"{path}\0missing\0{label}\n".encode())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnets"
+
+
+def cached_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], cache_dir: str | Path | None,
+                 workers: int = 0) -> tuple[ImageStore, Path | None, bool]:
+    """(store, cache file, whether it was built now). In-memory datasets are not cached (nothing to decode)."""
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return build_store(dataset, side, data_cfg, workers), None, True
+    path = Path(cache_dir or default_cache_dir()) / f"store-{cache_key(samples, side, data_cfg)[:40]}.safetensors"
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                broken = json.loads((f.metadata() or {}).get("broken", "{}"))
+                store = ImageStore(f.get_tensor("images"), f.get_tensor("labels"), broken)
+            return store, path, False
+        except (SafetensorError, OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt, never trusted
+    store = build_store(dataset, side, data_cfg, workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save({"images": store.images, "labels": store.labels},
+                                  metadata={"broken": json.dumps(store.broken)}))
+    return store, path, True
+
+
+class DeviceAugment:
+    """Crop, flip and normalise a (B, C, S, S) uint8 batch on its device; returns float32 (B, C, size, size)."""
+
+    def __init__(self, data_cfg: dict[str, Any], size: int, hflip: float):
+        self.size, self.hflip = size, hflip
+        self.small = size <= SMALL_IMAGE
+        self.mean = torch.tensor(data_cfg["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(data_cfg["std"]).view(1, -1, 1, 1)
+
+    def __call__(self, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        x = batch.float().div_(255)
+        b, device = x.shape[0], x.device
+        x = self._pad_crop(x, g) if self.small else self._resized_crop(x, g)
+        if self.hflip > 0:
+            flip = (torch.rand(b, generator=g) < self.hflip).to(device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return (x - self.mean.to(device)) / self.std.to(device)
+
+    def _pad_crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        pad = max(1, self.size // 8)
+        x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        b = x.shape[0]
+        top, left = (torch.randint(0, 2 * pad + 1, (2, b), generator=g)).to(x.device)
+        span = torch.arange(self.size, device=x.device)
+        rows, cols = top[:, None] + span, left[:, None] + span  # (B, size) each
+        x = x[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        return x.permute(0, 3, 1, 2)  # advanced indexing put the channels last
+
+    def _resized_crop(self, x: torch.Tensor, g: torch.Generator, tries: int = 10) -> torch.Tensor:
+        b, side = x.shape[0], x.shape[-1]
+        area = side * side * torch.empty(b, tries).uniform_(0.08, 1.0, generator=g)
+        ratio = torch.exp(torch.empty(b, tries).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g))
+        w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+        fits = (w <= side) & (h <= side)
+        pick = torch.where(fits.any(1), fits.float().argmax(1), torch.zeros(b, dtype=torch.long))
+        rows = torch.arange(b)
+        w = torch.where(fits.any(1), w[rows, pick], torch.full((b,), float(side)))  # no fit: the whole square
+        h = torch.where(fits.any(1), h[rows, pick], torch.full((b,), float(side)))
+        x0 = torch.rand(b, generator=g) * (side - w)
+        y0 = torch.rand(b, generator=g) * (side - h)
+        boxes = torch.stack([rows.float(), x0, y0, x0 + w, y0 + h], 1).to(x.device)
+        # sampling_ratio=-1 averages ceil(box / output) samples per output pixel: downscaling does not alias.
+        return roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+class DeviceLoader:
+    """(images, labels) batches from an ImageStore, in the order of an EpochSampler (sharded and resumable
+    like the file pipeline). Has `bad_files` like SkipUnreadable: the files that did not decode at build."""
+
+    def __init__(self, store: ImageStore, sampler, batch_size: int, augment: DeviceAugment, seed: int,
+                 drop_last: bool, bad_files: BadFiles):
+        self.store, self.sampler, self.batch_size, self.augment = store, sampler, batch_size, augment
+        self.seed, self.drop_last, self.bad_files = seed, drop_last, bad_files
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from ..training.sampling import _mix
+
+        s = self.sampler
+        order = torch.tensor([index for _, index in s], dtype=torch.long, device=self.store.images.device)
+        for k in range(len(self)):
+            index = order[k * self.batch_size:(k + 1) * self.batch_size]
+            position = s.start + k * self.batch_size * s.world_size
+            g = torch.Generator().manual_seed(_mix(self.seed, s.epoch, position, s.rank))
+            yield self.augment(self.store.images[index], g), self.store.labels[index]
