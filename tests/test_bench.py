@@ -54,6 +54,8 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys):
     (["--model", "resnet18", "--compare", "keras"], "unknown reference"),
     (["--model", "resnet18", "--img-size", "8"], "too small"),
     (["--model", "resnet18", "--steps", "0"], "must be >= 1"),
+    (["--model", "resnet18", "--data", "/nonexistent/folder"], "not a folder of images"),
+    (["--model", "resnet18", "--data", ".", "--mode", "infer"], "use it with --mode train"),
 ])
 def test_bench_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code = main(["bench", "--device", "cpu", "-b", "1", *argv])
@@ -71,3 +73,23 @@ def test_reference_model_matches_architecture():
     assert sum(p.numel() for p in reference_model("timm", "res2net50_26w_4s", 1000).parameters()) == 25_699_120
     with pytest.raises(ConfigError):
         reference_model("torchvision", "res2net50_26w_4s", 1000)
+
+
+def test_bench_data_dir_times_every_stage_of_the_input_pipeline(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (40 + i, 36, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.jpg")
+    (tmp_path / "data" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    code = main(["bench", "--model", "cifar_resnet20", "--device", "cpu", "-b", "4", "--steps", "2", "--warmup", "1",
+                 "--rounds", "1", "--data", str(tmp_path / "data"), "-j", "0", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    stages = {row["stage"]: row["images_per_second"] for row in json.loads((tmp_path / "r.json").read_text())["data_stages"]}
+    assert set(stages) == {"files -> batches", "files -> memory", "cache -> memory", "memory -> batches",
+                           "step <- files", "step <- memory", "step <- synthetic"}
+    assert all(v > 0 for v in stages.values())
+    assert "memory -> batches" in capsys.readouterr().out

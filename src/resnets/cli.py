@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .errors import ResnetsError
+from .errors import ConfigError, ResnetsError
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -43,6 +43,33 @@ def cmd_design(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_data_stages(settings, args: argparse.Namespace, report: dict) -> list[dict]:
+    """Per-stage img/s from the folder `args.data` to resnets' training step (bench_data.py)."""
+    import os
+
+    import torch
+
+    from .bench import make_step
+    from .bench_data import run_data_bench
+    from .models import create_model
+    from .tasks.common import resolve_device
+
+    device = resolve_device(None if settings.device == "auto" else settings.device)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model = create_model(settings.model, num_classes=settings.num_classes).to(device, memory_format=memory_format)
+    step = make_step(model, settings, device, fused=True)
+    synthetic = next(r for r in report["results"] if r["impl"] == "resnets")["images_per_second"]
+    workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
+    stages = run_data_bench(settings.model, args.data, device, settings.batch_size, settings.img_size,
+                            settings.steps, workers,
+                            lambda x, y: step(x.contiguous(memory_format=memory_format), y), synthetic,
+                            log=lambda m: print(m, file=sys.stderr))
+    print(f"{'stage':<20} {'img/s':>10}")
+    for row in stages:
+        print(f"{row['stage']:<20} {row['images_per_second']:>10,.0f}  {row['note']}")
+    return stages
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -55,7 +82,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     on_cuda = resolve_device(None if args.device == "auto" else args.device).type == "cuda"
     if args.data != "synthetic":
-        raise ResnetsError("--data DIR is not implemented yet; use --data synthetic")
+        from pathlib import Path
+
+        if not Path(args.data).is_dir():
+            raise ConfigError(f"--data {args.data}: not a folder of images (or 'synthetic')")
+        if args.mode != "train":
+            raise ConfigError("--data DIR times the training input pipeline: use it with --mode train")
     settings = BenchSettings(
         model=args.model, mode=args.mode, device=args.device,
         batch_size=args.batch_size or (256 if on_cuda else 16), img_size=args.img_size, steps=args.steps,
@@ -64,6 +96,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compare=tuple(c for c in (args.compare or "").split(",") if c))
     report = run_bench(settings, log=lambda m: print(m, file=sys.stderr))
     print(format_table(report))
+    if args.data != "synthetic":
+        report["data_stages"] = bench_data_stages(settings, args, report)
     if args.json:
         atomic_write_json(args.json, report)
     return 0
@@ -104,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None, help="default: bf16 on CUDA, off on CPU")
     p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead"), default="off")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--data", default="synthetic", help="synthetic (random tensors on the device)")
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic (random tensors on the device), or a folder of images: also time each stage of "
+                        "the input pipeline (files, in-memory store, device augmentation) into the training step")
+    p.add_argument("-j", "--workers", type=int, default=None, help="loader processes for --data DIR [default: cores, at most 16]")
     p.add_argument("--compare", default="", help="comma-separated: torchvision,timm")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full report (every step time)")
     p.set_defaults(func=cmd_bench)

@@ -1,0 +1,97 @@
+"""`resnets bench --data DIR`: images per second of each stage between a folder of files and a training step.
+
+Stages, each timed on its own and then end to end:
+  files -> batches      the file pipeline: DataLoader workers decode and augment on the CPU
+  files -> memory       --in-memory's one-time decode into the store (and reading it back from its cache)
+  memory -> batches     --in-memory's batched crop/flip/normalise on the device
+  step <- source        a training step fed by each source, against the synthetic-data step
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from .errors import ConfigError
+
+
+def _rate(batches: Iterable, count: int, device: torch.device, consume: Callable | None = None) -> tuple[float, int]:
+    """Images per second over `count` batches of `batches` (after the first, which pays start-up costs)."""
+    it: Iterator = iter(batches)
+    images = 0
+    first = next(it, None)
+    if first is None:
+        raise ConfigError("the data gave no batch")
+    t0 = time.perf_counter()
+    for _, (x, y) in zip(range(count), it):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if consume is not None:
+            consume(x, y)
+        images += y.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return images / max(time.perf_counter() - t0, 1e-9), images
+
+
+def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_size: int, img_size: int | None,
+                   steps: int, workers: int, step: Callable[[torch.Tensor, torch.Tensor], None],
+                   synthetic_ips: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    from .data import load_splits, train_transform
+    from .data.bad_files import collate_skipping
+    from .data.resident import DeviceAugment, DeviceLoader, cached_store, store_size
+    from .data.transforms import image_size
+    from .models import get_config
+    from .training.sampling import EpochSampler
+
+    data_cfg = dict(get_config(model_name).data_config())
+    size = image_size(data_cfg, img_size)
+    data_cfg["input_size"] = (3, size, size)
+    splits = load_splits("folder", data_dir, val_fraction=0.2, seed=0,
+                         train_transform=train_transform(data_cfg, size))
+    stages: list[dict[str, Any]] = []
+
+    def record(stage: str, ips: float, note: str = "") -> None:
+        stages.append(dict(stage=stage, images_per_second=ips, note=note))
+        log(f"{stage}: {ips:,.0f} img/s {note}")
+
+    def skip_broken(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y, _ in loader:
+            if len(y):
+                yield x, y
+
+    files = DataLoader(splits.train, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping,
+                       sampler=RandomSampler(splits.train, replacement=True, num_samples=batch_size * (steps + 1)),
+                       pin_memory=device.type == "cuda", persistent_workers=False)
+    ips, _ = _rate(skip_broken(files), steps, device)
+    record("files -> batches", ips, f"({workers} workers, decode + augment on the CPU)")
+
+    side = store_size(data_cfg, size)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        t0 = time.perf_counter()
+        store, _, _ = cached_store(splits.train, side, data_cfg, cache_dir, workers)
+        record("files -> memory", len(store) / (time.perf_counter() - t0), f"(once: {len(store):,} images at {side}px)")
+        t0 = time.perf_counter()
+        cached_store(splits.train, side, data_cfg, cache_dir, workers)
+        record("cache -> memory", len(store) / (time.perf_counter() - t0), "(later runs)")
+    store = store.to(device)
+    sampler = EpochSampler(len(store), seed=0)
+    resident = DeviceLoader(store, sampler, batch_size, DeviceAugment(data_cfg, size, hflip=0.5), 0, False, None)
+
+    def epochs_of(loader: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = 1
+        while True:
+            sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    ips, _ = _rate(epochs_of(resident), steps, device)
+    record("memory -> batches", ips, f"(crop/flip/normalise on {device.type})")
+    ips, _ = _rate(skip_broken(files), steps, device, consume=step)
+    record("step <- files", ips, f"({ips / synthetic_ips:.0%} of synthetic)")
+    ips, _ = _rate(epochs_of(resident), steps, device, consume=step)
+    record("step <- memory", ips, f"({ips / synthetic_ips:.0%} of synthetic)")
+    record("step <- synthetic", synthetic_ips)
+    return stages
