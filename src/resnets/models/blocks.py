@@ -41,7 +41,10 @@ class ResidualBlock(nn.Module):
             out = self.se(out)
         out = self.drop_path(out)
         identity = x if self.downsample is None else self.downsample(x)
-        return self.act(out + identity)
+        # In place: `out` is a fresh tensor no backward needs (BN, SE's product and drop-path do not save
+        # their outputs), and one activation-sized allocation fewer per block is measurable on the CPU.
+        out += identity
+        return self.act(out)
 
     def zero_init_last(self) -> None:
         # Start every block as the identity: "improves the model by 0.2~0.3%" (Goyal et al. 2017).
