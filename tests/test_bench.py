@@ -89,7 +89,8 @@ def test_bench_data_dir_times_every_stage_of_the_input_pipeline(tmp_path, capsys
                  "--rounds", "1", "--data", str(tmp_path / "data"), "-j", "0", "--json", str(tmp_path / "r.json")])
     assert code == 0
     stages = {row["stage"]: row["images_per_second"] for row in json.loads((tmp_path / "r.json").read_text())["data_stages"]}
-    assert set(stages) == {"files -> batches", "files -> memory", "cache -> memory", "memory -> batches",
-                           "step <- files", "step <- memory", "step <- synthetic"}
+    assert set(stages) == {"files -> batches", "files -> device batches", "files -> memory", "cache -> memory",
+                           "memory -> batches", "step <- files", "step <- device decode", "step <- memory",
+                           "step <- synthetic"}
     assert all(v > 0 for v in stages.values())
     assert "memory -> batches" in capsys.readouterr().out

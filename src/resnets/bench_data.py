@@ -2,6 +2,7 @@
 
 Stages, each timed on its own and then end to end:
   files -> batches      the file pipeline: DataLoader workers decode and augment on the CPU
+  files -> device       --decode-on-device: workers read bytes, the device decodes JPEGs and augments
   files -> memory       --in-memory's one-time decode into the store (and reading it back from its cache)
   memory -> batches     --in-memory's batched crop/flip/normalise on the device
   step <- source        a training step fed by each source, against the synthetic-data step
@@ -40,7 +41,8 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
                    steps: int, workers: int, step: Callable[[torch.Tensor, torch.Tensor], None],
                    synthetic_ips: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
     from .data import load_splits, train_transform
-    from .data.bad_files import collate_skipping
+    from .data.bad_files import BadFiles, collate_skipping
+    from .data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
     from .data.resident import DeviceAugment, DeviceLoader, cached_store, store_size
     from .data.transforms import image_size
     from .models import get_config
@@ -68,6 +70,14 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
     ips, _ = _rate(skip_broken(files), steps, device)
     record("files -> batches", ips, f"({workers} workers, decode + augment on the CPU)")
 
+    encoded = DataLoader(EncodedFiles(splits.train.samples), batch_size=batch_size, num_workers=workers,
+                         collate_fn=collate_encoded, persistent_workers=False,
+                         sampler=RandomSampler(splits.train, replacement=True, num_samples=batch_size * (steps + 1)))
+    decoded = DeviceDecodeLoader(encoded, EpochSampler(len(splits.train), seed=0), DeviceAugment(data_cfg, size, 0.5),
+                                 0, device, BadFiles(len(splits.train), 0.99))
+    ips, _ = _rate(decoded, steps, device)
+    record("files -> device batches", ips, f"({workers} workers read bytes; JPEG decode + augment on {device.type})")
+
     side = store_size(data_cfg, size)
     with tempfile.TemporaryDirectory() as cache_dir:
         t0 = time.perf_counter()
@@ -91,6 +101,8 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
     record("memory -> batches", ips, f"(crop/flip/normalise on {device.type})")
     ips, _ = _rate(skip_broken(files), steps, device, consume=step)
     record("step <- files", ips, f"({ips / synthetic_ips:.0%} of synthetic)")
+    ips, _ = _rate(decoded, steps, device, consume=step)
+    record("step <- device decode", ips, f"({ips / synthetic_ips:.0%} of synthetic)")
     ips, _ = _rate(epochs_of(resident), steps, device, consume=step)
     record("step <- memory", ips, f"({ips / synthetic_ips:.0%} of synthetic)")
     record("step <- synthetic", synthetic_ips)

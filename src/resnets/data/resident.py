@@ -124,12 +124,29 @@ class DeviceAugment:
 
     def __call__(self, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         x = batch.float().div_(255)
-        b, device = x.shape[0], x.device
         x = self._pad_crop(x, g) if self.small else self._resized_crop(x, g)
+        return self._flip_normalise(x, g)
+
+    def from_images(self, images: list[torch.Tensor], g: torch.Generator) -> torch.Tensor:
+        """The same for uint8 (C, H, W) images of different sizes (decoded files): small ones are resized
+        and center-cropped to the training size first; larger ones get their crop box from their own
+        height and width, so RandomResizedCrop sees the whole image."""
+        if self.small:
+            side = [v2.functional.center_crop(v2.functional.resize(im, [self.size], antialias=True), [self.size])
+                    for im in images]
+            return self._flip_normalise(self._pad_crop(torch.stack(side).float().div_(255), g), g)
+        heights = torch.tensor([im.shape[-2] for im in images], dtype=torch.float)
+        widths = torch.tensor([im.shape[-1] for im in images], dtype=torch.float)
+        boxes = self._boxes(heights, widths, g)
+        crops = [roi_align(im[None].float().div_(255), [box[None].to(im.device)], output_size=self.size,
+                           spatial_scale=1.0, sampling_ratio=-1, aligned=True) for im, box in zip(images, boxes)]
+        return self._flip_normalise(torch.cat(crops), g)
+
+    def _flip_normalise(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.hflip > 0:
-            flip = (torch.rand(b, generator=g) < self.hflip).to(device)
+            flip = (torch.rand(x.shape[0], generator=g) < self.hflip).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return (x - self.mean.to(device)) / self.std.to(device)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def _pad_crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         pad = max(1, self.size // 8)
@@ -141,19 +158,28 @@ class DeviceAugment:
         x = x[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return x.permute(0, 3, 1, 2)  # advanced indexing put the channels last
 
-    def _resized_crop(self, x: torch.Tensor, g: torch.Generator, tries: int = 10) -> torch.Tensor:
-        b, side = x.shape[0], x.shape[-1]
-        area = side * side * torch.empty(b, tries).uniform_(0.08, 1.0, generator=g)
+    @staticmethod
+    def _boxes(heights: torch.Tensor, widths: torch.Tensor, g: torch.Generator, tries: int = 10) -> torch.Tensor:
+        """(B, 4) x0, y0, x1, y1 of RandomResizedCrop boxes (scale 0.08-1, ratio 3/4-4/3, torchvision's 10
+        tries per image, then the whole image)."""
+        b = heights.shape[0]
+        area = (heights * widths)[:, None] * torch.empty(b, tries).uniform_(0.08, 1.0, generator=g)
         ratio = torch.exp(torch.empty(b, tries).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g))
         w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
-        fits = (w <= side) & (h <= side)
-        pick = torch.where(fits.any(1), fits.float().argmax(1), torch.zeros(b, dtype=torch.long))
+        fits = (w <= widths[:, None]) & (h <= heights[:, None])
+        found = fits.any(1)
+        pick = fits.float().argmax(1)
         rows = torch.arange(b)
-        w = torch.where(fits.any(1), w[rows, pick], torch.full((b,), float(side)))  # no fit: the whole square
-        h = torch.where(fits.any(1), h[rows, pick], torch.full((b,), float(side)))
-        x0 = torch.rand(b, generator=g) * (side - w)
-        y0 = torch.rand(b, generator=g) * (side - h)
-        boxes = torch.stack([rows.float(), x0, y0, x0 + w, y0 + h], 1).to(x.device)
+        w = torch.where(found, w[rows, pick], widths)
+        h = torch.where(found, h[rows, pick], heights)
+        x0 = torch.rand(b, generator=g) * (widths - w)
+        y0 = torch.rand(b, generator=g) * (heights - h)
+        return torch.stack([x0, y0, x0 + w, y0 + h], 1)
+
+    def _resized_crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        boxes = self._boxes(torch.full((b,), float(height)), torch.full((b,), float(width)), g)
+        boxes = torch.cat([torch.arange(b, dtype=torch.float)[:, None], boxes], 1).to(x.device)
         # sampling_ratio=-1 averages ceil(box / output) samples per output pixel: downscaling does not alias.
         return roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 

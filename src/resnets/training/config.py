@@ -69,6 +69,7 @@ class TrainConfig:
     channels_last: bool | None = None  # default: on CUDA
     compile: bool = False
     in_memory: bool = False  # decode the training images once into a uint8 tensor on the device and crop/flip whole batches there: no DataLoader (data that fits in memory)
+    decode_on_device: bool = False  # JPEG folders: workers only read bytes; the device decodes them (nvJPEG on a GPU) and crops/flips whole batches
     cache_dir: str | None = None  # where --in-memory keeps decoded folders, keyed by the files' paths, sizes and times (default ~/.cache/resnets)
     workers: int | None = None  # data-loading processes; default 0 for in-memory data (digits), else min(8, cores)
     seed: int = 0
@@ -136,6 +137,11 @@ class TrainConfig:
         if self.in_memory and (self.auto_augment not in (None, "none") or self.random_erasing > 0):
             raise ConfigError("--in-memory augments with crop and flip only; drop --auto-augment/--random-erasing "
                               "or --in-memory")
+        if self.decode_on_device and (self.in_memory or self.auto_augment not in (None, "none")
+                                      or self.random_erasing > 0):
+            raise ConfigError("--decode-on-device augments with crop and flip only, and not with --in-memory")
+        if self.decode_on_device and self.dataset not in ("folder", "csv"):
+            raise ConfigError("--decode-on-device reads image files: use it with --data-dir (a folder or CSV)")
         if self.dist_timeout <= 0 or self.ddp_bucket_mb <= 0:
             raise ConfigError("dist-timeout and ddp-bucket-mb must be > 0")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from ..analysis.flops import check_img_size
 from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, Unreadable, collate_skipping
+from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
 from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
 from ..data.transforms import image_size
 from ..errors import ConfigError
@@ -93,7 +94,7 @@ def build_data(cfg: TrainConfig, data_cfg: dict[str, Any]):
 
 
 def make_loaders(cfg: TrainConfig, splits, data_cfg: dict[str, Any], device: torch.device, ctx: Distributed,
-                 ) -> tuple[SkipUnreadable | DeviceLoader, SkipUnreadable, EpochSampler]:
+                 ) -> tuple[SkipUnreadable | DeviceLoader | DeviceDecodeLoader, SkipUnreadable, EpochSampler]:
     """Train and val loaders of this process's shares that skip unreadable files (shared `.bad_files`
     list), and the train sampler. Validation shards are disjoint and unpadded: every image counts once."""
     quiet = {} if ctx.is_main else {"warn": lambda message: None}  # rank 0 reports the united list
@@ -111,10 +112,14 @@ def make_loaders(cfg: TrainConfig, splits, data_cfg: dict[str, Any], device: tor
     # An own generator: iterator creation must not draw from the global RNG, which a resumed run restores.
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
                   generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping)
+    augment = DeviceAugment(data_cfg, image_size(data_cfg, cfg.img_size), cfg.hflip)
     if store is not None:
-        train_loader: SkipUnreadable | DeviceLoader = DeviceLoader(
-            store, sampler, cfg.batch_size, DeviceAugment(data_cfg, image_size(data_cfg, cfg.img_size), cfg.hflip),
-            cfg.seed, drop_last, bad_files)
+        train_loader: SkipUnreadable | DeviceLoader | DeviceDecodeLoader = DeviceLoader(
+            store, sampler, cfg.batch_size, augment, cfg.seed, drop_last, bad_files)
+    elif cfg.decode_on_device:
+        files = DataLoader(EncodedFiles(splits.train.samples), batch_size=cfg.batch_size, sampler=sampler,
+                           drop_last=drop_last, **{**common, "collate_fn": collate_encoded})
+        train_loader = DeviceDecodeLoader(files, sampler, augment, cfg.seed, device, bad_files)
     else:
         train_loader = SkipUnreadable(DataLoader(SeededItems(splits.train, cfg.seed), batch_size=cfg.batch_size,
                                                  sampler=sampler, drop_last=drop_last, **common),
