@@ -553,3 +553,21 @@ def test_check_data_also_checks_test_split_for_leakage_and_classes(tmp_path) -> 
     assert report.leaks == [[str(tmp_path / "test" / "a" / "copy.png"), str(tmp_path / "train" / "b" / "0.png")]]
     assert report.class_mismatch == ["test: missing b; extra c"] and not report.duplicates
     assert len(report.problems) == 2
+
+
+def test_a_class_whose_every_file_is_broken_stops_the_run(tmp_path, capsys) -> None:
+    for k, cls in enumerate(("a", "b")):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(100):
+            Image.fromarray(noise(8, 8, seed=100 * k + i)).save(tmp_path / "train" / cls / f"{i}.png")
+        Image.fromarray(noise(8, 8, seed=1000 + k)).save(tmp_path / "val" / cls / "0.png")
+    (tmp_path / "train" / "c").mkdir()
+    (tmp_path / "val" / "c").mkdir()
+    (tmp_path / "train" / "c" / "only.png").write_bytes(b"not a png")  # 1 of 203 files: under the 1% limit
+    Image.fromarray(noise(8, 8, seed=2000)).save(tmp_path / "val" / "c" / "0.png")
+    code = main(["train", "--data-dir", str(tmp_path), "--output", str(tmp_path / "runs"), "--model", "cifar_resnet20",
+                 "--epochs", "2", "--img-size", "16", "-b", "32", "-j", "0", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "every training image of class 'c' is unreadable" in err[-1]
+    assert "epoch   2/2" not in "\n".join(err)  # stopped after the first epoch

@@ -27,6 +27,7 @@ from ..analysis.flops import check_img_size
 from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, Unreadable, collate_skipping
 from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
 from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
+from ..data.images import DataError
 from ..data.transforms import image_size
 from ..errors import ConfigError
 from ..fileio import atomic_write_json, atomic_write_text
@@ -272,6 +273,21 @@ def _share_bad_files(bad_files: BadFiles, ctx: Distributed) -> None:
         bad_files.report()
 
 
+def _require_every_class(splits, bad_files: BadFiles) -> None:
+    """A class whose every training file is unreadable would train to be never predicted, silently when
+    it is smaller than --max-bad-fraction: an error naming it (the files are in bad_files.csv by now)."""
+    samples = getattr(splits.train, "samples", None)
+    if samples is None or not bad_files.reasons:
+        return
+    readable = np.bincount([label for path, label in samples if str(path) not in bad_files.reasons],
+                           minlength=len(splits.class_names))
+    empty = [name for name, count in zip(splits.class_names, readable) if count == 0]
+    if empty:
+        where = f" (listed in {bad_files.csv_path})" if bad_files.csv_path else ""
+        raise DataError(f"every training image of class {', '.join(map(repr, empty))} is unreadable{where}; "
+                        f"the model cannot learn it: fix or remove those files")
+
+
 def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch.device) -> RunResult:
     located = _locate_resume(cfg, ctx)
     resumed = None
@@ -372,6 +388,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
             ctx.average_buffers(module)
         val = _evaluate(eval_model, val_loader, device, amp, channels_last, ctx)
         _share_bad_files(bad_files, ctx)
+        _require_every_class(splits, bad_files)
         row = dict(epoch=epoch, **stats, val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
                    lr=run.optimizer.param_groups[0]["lr"], seconds=progress.seconds + time.perf_counter() - t_eval)
         history.append(row)
