@@ -431,3 +431,21 @@ def test_eval_set_with_other_classes_names_them(tmp_path: Path) -> None:
 def test_eval_set_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such folder"):
         load_eval_set(tmp_path / "nowhere", None)
+
+
+def test_thin_images_are_cropped_before_resizing_with_the_same_result():
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from resnets.data.transforms import _to_normalized, eval_transform
+
+    cfg = {"input_size": (3, 224, 224), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 0.875}
+    uncapped = v2.Compose([v2.ToImage(), v2.Resize(256, antialias=True), v2.CenterCrop(224), *_to_normalized(cfg)])
+    rng = np.random.default_rng(0)
+    for shape in [(300, 400), (100, 450), (450, 90), (7, 900)]:
+        image = Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8))
+        assert torch.equal(eval_transform(cfg)(image), uncapped(image))
+    # 1 x 40,000 would resize to 256 x 10,240,000 (7.9 GB as float) without the crop first.
+    strip = Image.fromarray(rng.integers(0, 255, (1, 40_000, 3), dtype=np.uint8))
+    assert eval_transform(cfg)(strip).shape == (3, 224, 224)

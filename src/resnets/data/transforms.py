@@ -20,6 +20,26 @@ INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.Interp
 AUTO_AUGMENT = {None: None, "none": None, "rand": lambda: v2.RandAugment(), "trivial": lambda: v2.TrivialAugmentWide()}
 
 
+class CapAspect(v2.Transform):
+    """Center-crop the long side to at most `max_ratio` x the short side.
+
+    Resizing the short side first and center-cropping after keeps only the middle of a very thin image
+    anyway, but builds the whole resized strip on the way: a 1 x 5,000 scan becomes a 224 x 1,120,000
+    intermediate (~750 MB). Cropping first keeps a margin of half the short side around the part that
+    survives, wider than the resize filter reaches, so the result is the same."""
+
+    def __init__(self, max_ratio: float = 2.0):
+        super().__init__()
+        self.max_ratio = max_ratio
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = v2.functional.get_size(inpt)
+        cap = lambda long, short: min(long, max(1, int(self.max_ratio * short)))  # noqa: E731
+        if max(height, width) <= self.max_ratio * min(height, width):
+            return inpt
+        return v2.functional.center_crop(inpt, [cap(height, width), cap(width, height)])
+
+
 def image_size(data_cfg: dict[str, Any], img_size: int | None = None) -> int:
     return int(img_size or data_cfg["input_size"][-1])
 
@@ -44,7 +64,7 @@ def train_transform(data_cfg: dict[str, Any], img_size: int | None = None, hflip
     interp = _interpolation(data_cfg)
     ops: list[Any] = [v2.ToImage()]
     if size <= SMALL_IMAGE:
-        ops += [v2.Resize(size, interpolation=interp, antialias=True), v2.CenterCrop(size),
+        ops += [CapAspect(), v2.Resize(size, interpolation=interp, antialias=True), v2.CenterCrop(size),
                 v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect")]
     else:
         ops += [v2.RandomResizedCrop(size, interpolation=interp, antialias=True)]
@@ -63,5 +83,6 @@ def eval_transform(data_cfg: dict[str, Any], img_size: int | None = None) -> v2.
     size = image_size(data_cfg, img_size)
     crop_pct = float(data_cfg.get("crop_pct", 1.0))
     resize = int(math.floor(size / crop_pct)) if crop_pct > 0 else size
-    return v2.Compose([v2.ToImage(), v2.Resize(resize, interpolation=_interpolation(data_cfg), antialias=True),
+    return v2.Compose([v2.ToImage(), CapAspect(),
+                       v2.Resize(resize, interpolation=_interpolation(data_cfg), antialias=True),
                        v2.CenterCrop(size), *_to_normalized(data_cfg)])
