@@ -41,7 +41,7 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
                    steps: int, workers: int, step: Callable[[torch.Tensor, torch.Tensor], None],
                    synthetic_ips: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
     from .data import load_splits, train_transform
-    from .data.bad_files import BadFiles, collate_skipping
+    from .data.bad_files import BadFiles, SkipUnreadable, collate_skipping
     from .data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
     from .data.resident import DeviceAugment, DeviceLoader, cached_store, store_size
     from .data.transforms import image_size
@@ -59,22 +59,19 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
         stages.append(dict(stage=stage, images_per_second=ips, note=note))
         log(f"{stage}: {ips:,.0f} img/s {note}")
 
-    def skip_broken(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y, _ in loader:
-            if len(y):
-                yield x, y
-
-    files = DataLoader(splits.train, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping,
-                       sampler=RandomSampler(splits.train, replacement=True, num_samples=batch_size * (steps + 1)),
-                       pin_memory=device.type == "cuda", persistent_workers=False)
-    ips, _ = _rate(skip_broken(files), steps, device)
+    unreadable = BadFiles(len(splits.train), 0.99)  # the bench times the pipeline; it does not judge the data
+    files = SkipUnreadable(DataLoader(
+        splits.train, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping,
+        sampler=RandomSampler(splits.train, replacement=True, num_samples=batch_size * (steps + 1)),
+        pin_memory=device.type == "cuda", persistent_workers=False), unreadable)
+    ips, _ = _rate(files, steps, device)
     record("files -> batches", ips, f"({workers} workers, decode + augment on the CPU)")
 
     encoded = DataLoader(EncodedFiles(splits.train.samples), batch_size=batch_size, num_workers=workers,
                          collate_fn=collate_encoded, persistent_workers=False,
                          sampler=RandomSampler(splits.train, replacement=True, num_samples=batch_size * (steps + 1)))
     decoded = DeviceDecodeLoader(encoded, EpochSampler(len(splits.train), seed=0), DeviceAugment(data_cfg, size, 0.5),
-                                 0, device, BadFiles(len(splits.train), 0.99))
+                                 device, unreadable)
     ips, _ = _rate(decoded, steps, device)
     record("files -> device batches", ips, f"({workers} workers read bytes; JPEG decode + augment on {device.type})")
 
@@ -88,7 +85,7 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
         record("cache -> memory", len(store) / (time.perf_counter() - t0), "(later runs)")
     store = store.to(device)
     sampler = EpochSampler(len(store), seed=0)
-    resident = DeviceLoader(store, sampler, batch_size, DeviceAugment(data_cfg, size, hflip=0.5), 0, False, None)
+    resident = DeviceLoader(store, sampler, batch_size, DeviceAugment(data_cfg, size, hflip=0.5), False, None)
 
     def epochs_of(loader: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = 1
@@ -99,7 +96,7 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
 
     ips, _ = _rate(epochs_of(resident), steps, device)
     record("memory -> batches", ips, f"(crop/flip/normalise on {device.type})")
-    ips, _ = _rate(skip_broken(files), steps, device, consume=step)
+    ips, _ = _rate(files, steps, device, consume=step)
     record("step <- files", ips, f"({ips / synthetic_ips:.0%} of synthetic)")
     ips, _ = _rate(decoded, steps, device, consume=step)
     record("step <- device decode", ips, f"({ips / synthetic_ips:.0%} of synthetic)")

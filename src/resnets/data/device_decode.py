@@ -93,18 +93,14 @@ class DeviceDecodeLoader:
     """(images, labels) batches on `device` from a DataLoader over `EncodedFiles` (collated by
     `collate_encoded`) drawing from `sampler`; unreadable files go to `bad_files`."""
 
-    def __init__(self, loader, sampler, augment: DeviceAugment, seed: int, device: torch.device,
-                 bad_files: BadFiles):
-        self.loader, self.sampler, self.augment, self.seed = loader, sampler, augment, seed
+    def __init__(self, loader, sampler, augment: DeviceAugment, device: torch.device, bad_files: BadFiles):
+        self.loader, self.sampler, self.augment = loader, sampler, augment
         self.device, self.bad_files = device, bad_files
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from ..training.sampling import _mix
-
-        s, batch_size = self.sampler, self.loader.batch_size
         for k, (payloads, labels, paths, unreadable) in enumerate(self.loader):
             images, broken = decode_batch(payloads, paths, self.device)
             self.bad_files.add(unreadable + broken)
@@ -112,5 +108,5 @@ class DeviceDecodeLoader:
             if not keep:
                 yield torch.empty(0), torch.empty(0, dtype=torch.long)
                 continue
-            g = torch.Generator().manual_seed(_mix(self.seed, s.epoch, s.start + k * batch_size * s.world_size, s.rank))
+            g = self.sampler.batch_generator(k, self.loader.batch_size)
             yield self.augment.from_images([images[i] for i in keep], g), labels[keep].to(self.device)  # type: ignore[misc]

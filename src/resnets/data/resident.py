@@ -68,7 +68,7 @@ def build_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], workers: 
     for batch_images, batch_labels, unreadable in loader:
         broken.update({u.file: u.reason for u in unreadable})
         if len(batch_labels):
-            images.append(batch_images.expand(-1, 3, -1, -1) if batch_images.shape[1] == 1 else batch_images)
+            images.append(batch_images)  # RGB: load_image converts every file, in-memory sets are RGB
             labels.append(batch_labels)
     if not images:
         raise ConfigError("no readable training image to keep in memory")
@@ -188,22 +188,18 @@ class DeviceLoader:
     """(images, labels) batches from an ImageStore, in the order of an EpochSampler (sharded and resumable
     like the file pipeline). Has `bad_files` like SkipUnreadable: the files that did not decode at build."""
 
-    def __init__(self, store: ImageStore, sampler, batch_size: int, augment: DeviceAugment, seed: int,
-                 drop_last: bool, bad_files: BadFiles):
+    def __init__(self, store: ImageStore, sampler, batch_size: int, augment: DeviceAugment, drop_last: bool,
+                 bad_files: BadFiles | None):
         self.store, self.sampler, self.batch_size, self.augment = store, sampler, batch_size, augment
-        self.seed, self.drop_last, self.bad_files = seed, drop_last, bad_files
+        self.drop_last, self.bad_files = drop_last, bad_files
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from ..training.sampling import _mix
-
-        s = self.sampler
-        order = torch.tensor([index for _, index in s], dtype=torch.long, device=self.store.images.device)
+        order = torch.tensor([index for _, index in self.sampler], dtype=torch.long, device=self.store.images.device)
         for k in range(len(self)):
             index = order[k * self.batch_size:(k + 1) * self.batch_size]
-            position = s.start + k * self.batch_size * s.world_size
-            g = torch.Generator().manual_seed(_mix(self.seed, s.epoch, position, s.rank))
+            g = self.sampler.batch_generator(k, self.batch_size)
             yield self.augment(self.store.images[index], g), self.store.labels[index]

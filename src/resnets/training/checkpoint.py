@@ -41,6 +41,13 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators from one seed (NumPy takes 32 bits of it)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     name, keys, pos, has_gauss, gauss = state["numpy"]

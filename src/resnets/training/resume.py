@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
 from ..errors import ConfigError
-from .checkpoint import list_resume_files, set_rng_state
+from .checkpoint import list_resume_files, seed_everything, set_rng_state
 from .config import TrainConfig, make_config
 from .sampling import _mix
 from .steps import Progress, Run
@@ -60,10 +57,7 @@ def restore(run: Run, state: dict[str, Any], seed: int) -> Progress:
     else:
         # Another number of processes: the RNG streams (dropout, mixup) cannot continue one to one; each
         # rank starts a fresh stream that is still a function of the run's seed and position.
-        fresh = _mix(seed, run.dist.rank, progress.global_step)
-        random.seed(fresh)
-        np.random.seed(fresh % 2**32)
-        torch.manual_seed(fresh)
+        seed_everything(_mix(seed, run.dist.rank, progress.global_step))
     if state.get("global_batch") not in (None, run.global_batch):
         progress.batch_in_epoch = progress.samples_in_epoch // run.global_batch
     return progress

@@ -59,6 +59,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return (self.num_samples - self.start) // self.world_size
 
+    def batch_generator(self, batch: int, batch_size: int) -> torch.Generator:
+        """A CPU generator for augmenting this rank's `batch`-th batch as a whole (the device pipelines),
+        seeded by the batch's position in the epoch's order: a resumed run draws the same numbers."""
+        position = self.start + batch * batch_size * self.world_size
+        return torch.Generator().manual_seed(_mix(self.seed, self.epoch, position, self.rank))
+
 
 class SeededItems(Dataset):
     """Wraps a dataset so that item (epoch, index) is transformed under its own fixed random seed."""

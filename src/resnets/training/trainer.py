@@ -8,7 +8,6 @@ import csv
 import dataclasses
 import io
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
 from .checkpoint import (abandon_newer_states, find_resume, load_resume_state, remove_stray_temp_files, rng_state,
-                         save_resume_state)
+                         save_resume_state, seed_everything)
 from .config import TrainConfig, make_config
 from .distributed import (Distributed, convert_sync_bn, elastic_restart_count, elastic_run_id, init_distributed,
                           wrap_model)
@@ -55,12 +54,6 @@ class RunResult:
     best_top1: float
     best_epoch: int
     metrics: dict[str, Any]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[str, bool]:
@@ -116,11 +109,11 @@ def make_loaders(cfg: TrainConfig, splits, data_cfg: dict[str, Any], device: tor
     augment = DeviceAugment(data_cfg, image_size(data_cfg, cfg.img_size), cfg.hflip)
     if store is not None:
         train_loader: SkipUnreadable | DeviceLoader | DeviceDecodeLoader = DeviceLoader(
-            store, sampler, cfg.batch_size, augment, cfg.seed, drop_last, bad_files)
+            store, sampler, cfg.batch_size, augment, drop_last, bad_files)
     elif cfg.decode_on_device:
         files = DataLoader(EncodedFiles(splits.train.samples), batch_size=cfg.batch_size, sampler=sampler,
                            drop_last=drop_last, **{**common, "collate_fn": collate_encoded})
-        train_loader = DeviceDecodeLoader(files, sampler, augment, cfg.seed, device, bad_files)
+        train_loader = DeviceDecodeLoader(files, sampler, augment, device, bad_files)
     else:
         train_loader = SkipUnreadable(DataLoader(SeededItems(splits.train, cfg.seed), batch_size=cfg.batch_size,
                                                  sampler=sampler, drop_last=drop_last, **common),
@@ -255,7 +248,7 @@ def _locate_resume(cfg: TrainConfig, ctx: Distributed) -> tuple[Path, Path, dict
 def _evaluate(model: nn.Module, loader, device: torch.device, amp: str, channels_last: bool,
               ctx: Distributed) -> EvalResult:
     """Every process evaluates its shard; the parts add up to one result on every process."""
-    part = evaluate(model, loader, device, amp, channels_last=channels_last, allow_empty=ctx.enabled)
+    part = evaluate(model, loader, device, amp, channels_last=channels_last, allow_empty=True)
     result = merge_results(ctx.gather(part)) if ctx.enabled else part
     if result.num_samples == 0:
         raise ValueError("evaluation set is empty")
@@ -264,11 +257,9 @@ def _evaluate(model: nn.Module, loader, device: torch.device, amp: str, channels
 
 def _share_bad_files(bad_files: BadFiles, ctx: Distributed) -> None:
     """Unite the processes' lists of unreadable files, stop together past the limit, report once."""
-    if ctx.enabled:
-        for reasons in ctx.gather(dict(bad_files.reasons)):
-            for file, reason in reasons.items():
-                bad_files.reasons.setdefault(file, reason)
-        bad_files.add([])  # the limit, on the united list: every process raises or none does
+    if ctx.enabled:  # add() checks the limit on the united list: every process raises or none does
+        bad_files.add(Unreadable(file, reason) for reasons in ctx.gather(dict(bad_files.reasons))
+                      for file, reason in reasons.items())
     if ctx.is_main:
         bad_files.report()
 
