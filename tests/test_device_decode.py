@@ -92,7 +92,13 @@ def test_training_with_decode_on_device_skips_and_lists_broken_files(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: nvJPEG")
 def test_gpu_decoding_agrees_with_the_cpu():
-    payload = torch.frombuffer(bytearray(jpeg(size=(64, 48))), dtype=torch.uint8)
-    (gpu,), _ = decode_batch([payload], ["x.jpg"], torch.device("cuda"))
-    (cpu,), _ = decode_batch([payload], ["x.jpg"], torch.device("cpu"))
-    assert gpu.is_cuda and (gpu.cpu().float() - cpu.float()).abs().mean() < 2.0
+    # One batched nvJPEG call with mixed sizes, a greyscale file among them, and an EXIF-rotated one.
+    files = [jpeg(size=(64, 48)), jpeg("L", size=(33, 70)), jpeg(size=(40, 30), exif_orientation=6), jpeg(size=(17, 9))]
+    payloads = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
+    names = [f"{i}.jpg" for i in range(len(files))]
+    gpu, gpu_broken = decode_batch(payloads, names, torch.device("cuda"))
+    cpu, cpu_broken = decode_batch(payloads, names, torch.device("cpu"))
+    assert not gpu_broken and not cpu_broken
+    for g, c in zip(gpu, cpu):
+        assert g.is_cuda and g.shape == c.shape == (3, *c.shape[1:])
+        assert (g.cpu().float() - c.float()).abs().mean() < 2.0

@@ -35,7 +35,8 @@ def torchrun(args: list[str], output: Path, script: Path | None = None, restarts
                 f"--max-restarts={restarts}", "--monitor-interval=0.5"]
     target = [str(script)] if script else ["-m", "resnets"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*launcher, *target, "train", *args, "--output", str(output)], env=env,
+    # --device cpu: these are gloo tests; on a one-GPU machine "auto" would give rank 1 no GPU of its own.
+    return subprocess.run([*launcher, *target, "train", *args, "--device", "cpu", "--output", str(output)], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
