@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit -
 run() {  # name, then bench arguments
   local name=$1; shift
   echo "=== $name: resnets bench $*"
-  timeout 900 python3 -m resnets bench "$@" --json "$out/json/$name.json" 2>&1 | grep -v "^W1\|UserWarning"
+  timeout ${RUN_TIMEOUT:-900} python3 -m resnets bench "$@" --json "$out/json/$name.json" 2>&1 | grep -v "^W1\|UserWarning"
 }
 case $phase in
   eager)
