@@ -30,8 +30,18 @@ case $phase in
     python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
     run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     ;;
-  tests)  # the suite on the GPU machine: device "auto" is CUDA there, and the GPU-only tests run
-    timeout 420 python3 -m pytest -q -n 8 --maxfail 25 -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -40
+  data2)  # the input pipeline after uint8 batches and the main-process thread cap, eager and compiled
+    [ -d /tmp/jpegs ] || python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
+    run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
+    timeout 120 python3 benchmarks/probe_loader.py /tmp/jpegs 2>&1 | grep -v "Warn\|super()" | tee "$out/probe.txt"
+    run "resnet50-data-compiled" --model resnet50 --mode train --compile default --data /tmp/jpegs -j 16 --steps 40 --rounds 2
+    ;;
+  tests)  # the device-facing tests on the GPU machine: device "auto" is CUDA there, and the GPU-only tests run
+    # 2 threads per xdist worker: 6 workers x torch's default 16 threads oversubscribed the 16 cores 6-fold
+    OMP_NUM_THREADS=2 timeout ${TESTS_TIMEOUT:-400} python3 -m pytest -q -n 6 -rfE -p no:cacheprovider \
+      tests/test_train.py tests/test_resume.py tests/test_resident.py tests/test_device_decode.py \
+      tests/test_tasks.py tests/test_bench.py tests/test_data.py 2>&1 | grep -v "Benchmark\|warner(" \
+      | tee "$out/tests.log" | tail -30
     ;;
   rows)  # the rows the first H100 session left as —: compiled ResNeXt/Res2Net/ResNet-18, eager inference re-measures
     for m in resnext50_32x4d res2net50_26w_4s resnet18; do

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import time
 
 import torch
@@ -70,18 +71,17 @@ def main() -> None:
     for name, tf in [("resnets transform, float", ours), ("resnets transform, uint8", ours_u8),
                      ("classic v1 transform, float", classic), ("classic v1 transform, uint8", classic_u8)]:
         print(f"  {name:<42} {per_image_ms(tf, images):.2f}")
-    torch.set_num_threads(torch.get_num_threads())
-
     splits = load_splits("folder", a.data, val_fraction=0.2, seed=0, train_transform=ours)
-    rows = [("resnets, float (today)", splits.train, collate_skipping)]
     splits_u8 = load_splits("folder", a.data, val_fraction=0.2, seed=0, train_transform=ours_u8)
-    rows.append(("resnets, uint8", splits_u8.train, collate_skipping))
-    rows.append(("ImageFolder + PIL v1, float", datasets.ImageFolder(a.data, classic), None))
-    rows.append(("ImageFolder + PIL v1, uint8", datasets.ImageFolder(a.data, classic_u8), None))
+    rows = [("resnets, float", splits.train, collate_skipping), ("resnets, uint8", splits_u8.train, collate_skipping),
+            ("ImageFolder + PIL v1, float", datasets.ImageFolder(a.data, classic), None)]
     print(f"DataLoader, {a.workers} workers, batch {a.b}, pinned, to the device:")
-    for name, ds, collate in rows:
-        print(f"  {name:<42} {loader_rate(ds, a.workers, a.b, a.batches, collate):,.0f} img/s", flush=True)
-
+    # The main process's intra-op threads: torch's default (one per core) against one.
+    for threads in (os.cpu_count(), 1):
+        torch.set_num_threads(threads)
+        for name, ds, collate in rows:
+            rate = loader_rate(ds, a.workers, a.b, a.batches, collate)
+            print(f"  {name:<32} main process {threads:>2} threads  {rate:,.0f} img/s", flush=True)
 
 if __name__ == "__main__":
     main()

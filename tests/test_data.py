@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets as tv_datasets
 
 from resnets.data import DataError, DataSplits, eval_transform, load_eval_set, load_splits, train_transform
+from resnets.errors import ConfigError
 
 COLORS = {"apple": (220, 20, 20), "banana": (240, 220, 30), "cherry": (90, 0, 160), "durian": (20, 160, 40)}
 DATA_CFG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 1.0}
@@ -449,3 +450,45 @@ def test_thin_images_are_cropped_before_resizing_with_the_same_result():
     # 1 x 40,000 would resize to 256 x 10,240,000 (7.9 GB as float) without the crop first.
     strip = Image.fromarray(rng.integers(0, 255, (1, 40_000, 3), dtype=np.uint8))
     assert eval_transform(cfg)(strip).shape == (3, 224, 224)
+
+
+# ---------------------------------------------------------------- normalising on the device
+
+@pytest.mark.parametrize("size", [32, 96])  # the pad-crop (small) and RandomResizedCrop branches
+def test_uint8_transforms_normalised_on_the_device_equal_the_float_transforms(size: int) -> None:
+    from resnets.data.transforms import DeviceNormalize
+
+    cfg = {"input_size": (3, size, size), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+           "crop_pct": 0.875, "interpolation": "bilinear"}
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 120, 3), dtype=np.uint8))
+    finish = DeviceNormalize(cfg, channels_last=True)
+    for make in (lambda n: train_transform(cfg, hflip=0.5, normalize=n), lambda n: eval_transform(cfg, normalize=n)):
+        torch.manual_seed(3)
+        in_workers = make(True)(image)
+        torch.manual_seed(3)
+        raw = make(False)(image)
+        assert raw.dtype == torch.uint8
+        on_device = finish(torch.stack([raw]))
+        assert on_device.dtype == torch.float32 and on_device.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(on_device[0], in_workers, rtol=0, atol=1e-5)
+        assert finish(in_workers[None]) is not None and torch.equal(finish(in_workers[None])[0], in_workers)
+
+
+def test_random_erasing_needs_normalising_in_the_workers() -> None:
+    cfg = {"input_size": (3, 96, 96), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    with pytest.raises(ConfigError, match="random erasing"):
+        train_transform(cfg, random_erasing=0.25, normalize=False)
+
+
+def test_the_main_process_leaves_the_cores_to_gpu_loader_workers(monkeypatch) -> None:
+    from resnets.tasks.common import cores_left_to_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    before = torch.get_num_threads()
+    with cores_left_to_workers(torch.device("cpu"), 8):  # on the CPU the threads train: untouched
+        assert torch.get_num_threads() == before
+    with cores_left_to_workers(torch.device("cuda"), 15):
+        assert torch.get_num_threads() == 1
+    with cores_left_to_workers(torch.device("cuda"), 0):  # no workers: the main process loads
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before

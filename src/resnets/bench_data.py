@@ -19,8 +19,10 @@ from torch.utils.data import DataLoader, RandomSampler
 from .errors import ConfigError
 
 
-def _rate(batches: Iterable, count: int, device: torch.device, consume: Callable | None = None) -> tuple[float, int]:
-    """Images per second over `count` batches of `batches` (after the first, which pays start-up costs)."""
+def _rate(batches: Iterable, count: int, device: torch.device, consume: Callable | None = None,
+          normalize: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> tuple[float, int]:
+    """Images per second over `count` batches of `batches` (after the first, which pays start-up costs);
+    uint8 batches are normalised on the device, as in training."""
     it: Iterator = iter(batches)
     images = 0
     first = next(it, None)
@@ -28,7 +30,7 @@ def _rate(batches: Iterable, count: int, device: torch.device, consume: Callable
         raise ConfigError("the data gave no batch")
     t0 = time.perf_counter()
     for _, (x, y) in zip(range(count), it):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         if consume is not None:
             consume(x, y)
         images += y.shape[0]
@@ -44,7 +46,7 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
     from .data.bad_files import BadFiles, SkipUnreadable, collate_skipping
     from .data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
     from .data.resident import DeviceAugment, DeviceLoader, cached_store, store_size
-    from .data.transforms import image_size
+    from .data.transforms import DeviceNormalize, image_size
     from .models import get_config
     from .training.sampling import EpochSampler
 
@@ -52,7 +54,8 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
     size = image_size(data_cfg, img_size)
     data_cfg["input_size"] = (3, size, size)
     splits = load_splits("folder", data_dir, val_fraction=0.2, seed=0,
-                         train_transform=train_transform(data_cfg, size))
+                         train_transform=train_transform(data_cfg, size, normalize=False))
+    normalize = DeviceNormalize(data_cfg)  # the trainer's split: uint8 from the workers, float on the device
     stages: list[dict[str, Any]] = []
 
     def record(stage: str, ips: float, note: str = "") -> None:
@@ -64,8 +67,8 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
         splits.train, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping,
         sampler=RandomSampler(splits.train, replacement=True, num_samples=batch_size * (steps + 1)),
         pin_memory=device.type == "cuda", persistent_workers=False), unreadable)
-    ips, _ = _rate(files, steps, device)
-    record("files -> batches", ips, f"({workers} workers, decode + augment on the CPU)")
+    ips, _ = _rate(files, steps, device, normalize=normalize)
+    record("files -> batches", ips, f"({workers} workers decode + augment on the CPU; uint8 -> float on {device.type})")
 
     encoded = DataLoader(EncodedFiles(splits.train.samples), batch_size=batch_size, num_workers=workers,
                          collate_fn=collate_encoded, persistent_workers=False,
@@ -96,7 +99,7 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
 
     ips, _ = _rate(epochs_of(resident), steps, device)
     record("memory -> batches", ips, f"(crop/flip/normalise on {device.type})")
-    ips, _ = _rate(files, steps, device, consume=step)
+    ips, _ = _rate(files, steps, device, consume=step, normalize=normalize)
     record("step <- files", ips, f"({ips / synthetic_ips:.0%} of synthetic)")
     ips, _ = _rate(decoded, steps, device, consume=step)
     record("step <- device decode", ips, f"({ips / synthetic_ips:.0%} of synthetic)")

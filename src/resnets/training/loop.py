@@ -57,17 +57,21 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "off",
              keep_probabilities: bool = False, progress: Callable[[Iterable], Iterable] | None = None,
-             channels_last: bool = False, allow_empty: bool = False) -> EvalResult:
+             channels_last: bool = False, allow_empty: bool = False,
+             normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EvalResult:
     """Loss, top-1/top-5 and per-sample predictions of `model` over `loader`.
 
     Sums stay on the device and predictions are moved once at the end: no host sync per batch.
     `allow_empty`: a rank's shard of a tiny validation set may hold nothing; its part is then empty.
+    `normalize`: applied to each batch on the device (`DeviceNormalize`, for loaders that yield uint8).
     """
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits
     preds, targets, probs = [], [], []
     for images, labels in (progress(loader) if progress else loader):
         images = images.to(device, non_blocking=True)
+        if normalize is not None:
+            images = normalize(images)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from ..errors import ResnetsError
 from .config import TrainConfig
 from .distributed import Distributed
+from ..data.transforms import DeviceNormalize
 from .loop import autocast_context, topk_hits
 from .optim import lr_factor, set_lr
 
@@ -61,7 +62,7 @@ class Run:
     mixer: v2.Transform | None
     device: torch.device
     amp: str
-    channels_last: bool
+    normalize: DeviceNormalize  # uint8 batches -> normalised float, in the model's memory format
     batches_per_epoch: int  # per process, in a whole epoch
     global_batch: int  # images per batch over all processes
     dist: Distributed
@@ -101,12 +102,12 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
         # skipped by every process, since one process alone leaving the step would stall DDP's all-reduce.
         if ctx.any(not len(labels)):
             continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = run.normalize(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
         hard_labels = labels
         if run.mixer is not None:
             images, labels = run.mixer(images, labels)  # labels become (B, C) mixtures
             hard_labels = labels.argmax(1)
-        if run.channels_last:
+        if run.normalize.channels_last:  # the mixer, or a float batch, may come in another layout
             images = images.contiguous(memory_format=torch.channels_last)
         # Between accumulation steps the gradients only add up locally; the last backward of a cycle
         # all-reduces their sum.

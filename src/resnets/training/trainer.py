@@ -27,7 +27,7 @@ from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, Unreadable
 from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
 from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
 from ..data.images import DataError
-from ..data.transforms import image_size
+from ..data.transforms import DeviceNormalize, image_size
 from ..errors import ConfigError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import create_model, get_config
@@ -77,13 +77,17 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 
 
 def build_data(cfg: TrainConfig, data_cfg: dict[str, Any]):
+    """Train/val splits whose items stay uint8 (normalised on the device by `DeviceNormalize`), unless
+    random erasing, which works on the normalised image, asks for normalising in the workers."""
     from ..data import eval_transform, load_splits, train_transform
 
+    in_workers = cfg.random_erasing > 0
     splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
                          train_transform=train_transform(data_cfg, cfg.img_size, hflip=cfg.hflip,
                                                          auto_augment=cfg.auto_augment,
-                                                         random_erasing=cfg.random_erasing),
-                         eval_transform=eval_transform(data_cfg, cfg.img_size), download=cfg.download)
+                                                         random_erasing=cfg.random_erasing, normalize=in_workers),
+                         eval_transform=eval_transform(data_cfg, cfg.img_size, normalize=False),
+                         download=cfg.download)
     return splits
 
 
@@ -212,8 +216,11 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     explicit = set(overrides) | ({k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(defaults, k)}
                                  if cfg else set())
     cfg = (dataclasses.replace(cfg, **overrides) if cfg else make_config(overrides)).resolved()
+    from ..tasks.common import cores_left_to_workers
+
     ctx, device = init_distributed(cfg.device, cfg.dist_timeout)
-    result = _train(cfg, explicit, ctx, device)
+    with cores_left_to_workers(device, cfg.workers):
+        result = _train(cfg, explicit, ctx, device)
     # Only on success: after an error a peer may still sit in a collective, and the process exit (which
     # torchrun turns into ending the whole job) is the way out.
     ctx.close()
@@ -245,10 +252,11 @@ def _locate_resume(cfg: TrainConfig, ctx: Distributed) -> tuple[Path, Path, dict
     return run_dir, file, loaded["state"] if ctx.is_main else load_resume_state(file)
 
 
-def _evaluate(model: nn.Module, loader, device: torch.device, amp: str, channels_last: bool,
+def _evaluate(model: nn.Module, loader, device: torch.device, amp: str, normalize: DeviceNormalize,
               ctx: Distributed) -> EvalResult:
     """Every process evaluates its shard; the parts add up to one result on every process."""
-    part = evaluate(model, loader, device, amp, channels_last=channels_last, allow_empty=True)
+    part = evaluate(model, loader, device, amp, channels_last=normalize.channels_last, normalize=normalize,
+                    allow_empty=True)
     result = merge_results(ctx.gather(part)) if ctx.enabled else part
     if result.num_samples == 0:
         raise ValueError("evaluation set is empty")
@@ -320,6 +328,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
         model.to(memory_format=torch.channels_last)
 
     train_loader, val_loader, sampler = make_loaders(cfg, splits, data_cfg, device, ctx)
+    normalize = DeviceNormalize(data_cfg, channels_last)
     global_batch = cfg.batch_size * ctx.world_size
     ema = None
     if cfg.ema_decay > 0:
@@ -329,7 +338,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
               base_lr=scaled_lr(cfg, global_batch * cfg.accum_steps),
               scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), ema=ema,
               criterion=make_criterion(cfg, splits, device), mixer=make_batch_mixer(cfg, num_classes),
-              device=device, amp=amp, channels_last=channels_last, batches_per_epoch=len(train_loader),
+              device=device, amp=amp, normalize=normalize, batches_per_epoch=len(train_loader),
               global_batch=global_batch, dist=ctx)
 
     history: list[dict[str, Any]] = []
@@ -377,7 +386,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
         t_eval = time.perf_counter()
         for module in {id(m): m for m in (model, eval_model)}.values():
             ctx.average_buffers(module)
-        val = _evaluate(eval_model, val_loader, device, amp, channels_last, ctx)
+        val = _evaluate(eval_model, val_loader, device, amp, normalize, ctx)
         _share_bad_files(bad_files, ctx)
         _require_every_class(splits, bad_files)
         row = dict(epoch=epoch, **stats, val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
@@ -415,7 +424,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
     if ctx.is_main:
         load_checkpoint(eval_model, run_dir / "best.safetensors")
     ctx.broadcast_module(eval_model)
-    final = _evaluate(eval_model, val_loader, device, amp, channels_last, ctx)
+    final = _evaluate(eval_model, val_loader, device, amp, normalize, ctx)
     metrics = dict(best_top1=progress.best_top1, best_epoch=progress.best_epoch, best_top5=final.top5,
                    best_val_loss=final.loss, epochs_run=len(history), global_steps=progress.global_step,
                    num_classes=num_classes, class_names=list(splits.class_names), train_samples=len(splits.train),
