@@ -34,6 +34,9 @@ case $phase in
     [ -d /tmp/jpegs ] || python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
     run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     timeout 120 python3 benchmarks/probe_loader.py /tmp/jpegs 2>&1 | grep -v "Warn\|super()" | tee "$out/probe.txt"
+    ;;
+  data2-compiled)
+    [ -d /tmp/jpegs ] || python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
     run "resnet50-data-compiled" --model resnet50 --mode train --compile default --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     ;;
   tests)  # the device-facing tests on the GPU machine: device "auto" is CUDA there, and the GPU-only tests run
