@@ -16,10 +16,14 @@ from resnets.data.device_decode import EncodedFiles, decode_batch, device_decoda
 from resnets.data.images import load_image
 
 
-def jpeg(mode: str = "RGB", size=(40, 30), exif_orientation: int | None = None) -> bytes:
+def jpeg(mode: str = "RGB", size=(40, 30), exif_orientation: int | None = None, smooth: bool = False) -> bytes:
+    """Random pixels as JPEG; `smooth`: a photo-like colour field instead (4 x 4 random colours, bicubic)."""
     rng = np.random.default_rng(0)
-    array = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    image = Image.fromarray(array).convert(mode)
+    if smooth:
+        image = Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    else:
+        image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    image = image.convert(mode)
     buf = io.BytesIO()
     kwargs = {}
     if exif_orientation:
@@ -92,8 +96,11 @@ def test_training_with_decode_on_device_skips_and_lists_broken_files(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: nvJPEG")
 def test_gpu_decoding_agrees_with_the_cpu():
-    # One batched nvJPEG call with mixed sizes, a greyscale file among them, and an EXIF-rotated one.
-    files = [jpeg(size=(64, 48)), jpeg("L", size=(33, 70)), jpeg(size=(40, 30), exif_orientation=6), jpeg(size=(17, 9))]
+    # One batched nvJPEG call with mixed sizes, a greyscale file among them, and an EXIF-rotated one. Photo-like
+    # content: on white noise nvJPEG's chroma upsampling differs from libjpeg's by 13 levels on average (seen
+    # on an H100), on smooth colour by far less, as on photos.
+    files = [jpeg(size=(64, 48), smooth=True), jpeg("L", (33, 70), smooth=True),
+             jpeg(size=(40, 30), exif_orientation=6, smooth=True), jpeg(size=(17, 9), smooth=True)]
     payloads = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
     names = [f"{i}.jpg" for i in range(len(files))]
     gpu, gpu_broken = decode_batch(payloads, names, torch.device("cuda"))
@@ -101,4 +108,6 @@ def test_gpu_decoding_agrees_with_the_cpu():
     assert not gpu_broken and not cpu_broken
     for g, c in zip(gpu, cpu):
         assert g.is_cuda and g.shape == c.shape == (3, *c.shape[1:])
-        assert (g.cpu().float() - c.float()).abs().mean() < 2.0
+        difference = (g.cpu().float() - c.float()).abs().mean().item()
+        print(f"{tuple(c.shape)}: mean |gpu - cpu| = {difference:.2f}")
+        assert difference < 2.0
