@@ -96,9 +96,9 @@ def test_training_with_decode_on_device_skips_and_lists_broken_files(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: nvJPEG")
 def test_gpu_decoding_agrees_with_the_cpu():
-    # One batched nvJPEG call with mixed sizes, a greyscale file among them, and an EXIF-rotated one. Photo-like
-    # content: on white noise nvJPEG's chroma upsampling differs from libjpeg's by 13 levels on average (seen
-    # on an H100), on smooth colour by far less, as on photos.
+    # One batched nvJPEG call with mixed sizes, a greyscale file among them, and an EXIF-rotated one. nvJPEG
+    # and libjpeg differ in IDCT and chroma upsampling: on these smooth images by up to 3.2 levels on average
+    # (seen on an H100), on white noise by 13. A wrong decode (orientation, channels, garbage) is far off.
     files = [jpeg(size=(64, 48), smooth=True), jpeg("L", (33, 70), smooth=True),
              jpeg(size=(40, 30), exif_orientation=6, smooth=True), jpeg(size=(17, 9), smooth=True)]
     payloads = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
@@ -110,4 +110,4 @@ def test_gpu_decoding_agrees_with_the_cpu():
         assert g.is_cuda and g.shape == c.shape == (3, *c.shape[1:])
         difference = (g.cpu().float() - c.float()).abs().mean().item()
         print(f"{tuple(c.shape)}: mean |gpu - cpu| = {difference:.2f}")
-        assert difference < 2.0
+        assert difference < 6.0

@@ -9,6 +9,7 @@ Stages, each timed on its own and then end to end:
 """
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -41,7 +42,7 @@ def _rate(batches: Iterable, count: int, device: torch.device, consume: Callable
 
 def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_size: int, img_size: int | None,
                    steps: int, workers: int, step: Callable[[torch.Tensor, torch.Tensor], None],
-                   synthetic_ips: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+                   warmup: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     from .data import load_splits, train_transform
     from .data.bad_files import BadFiles, SkipUnreadable, collate_skipping
     from .data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
@@ -99,6 +100,13 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
 
     ips, _ = _rate(epochs_of(resident), steps, device)
     record("memory -> batches", ips, f"(crop/flip/normalise on {device.type})")
+    # The step is warmed up (compiled, cuDNN's algorithms picked) before any timed stage, and its synthetic
+    # rate is measured the same way as the others: wall clock over `steps` batches.
+    synthetic = (torch.randn(batch_size, 3, size, size, device=device),
+                 torch.randint(0, 2, (batch_size,), device=device))
+    for _ in range(max(1, warmup)):
+        step(*synthetic)
+    synthetic_ips, _ = _rate(itertools.repeat(synthetic), steps, device, consume=step)
     ips, _ = _rate(files, steps, device, consume=step, normalize=normalize)
     record("step <- files", ips, f"({ips / synthetic_ips:.0%} of synthetic)")
     ips, _ = _rate(decoded, steps, device, consume=step)

@@ -43,7 +43,7 @@ def cmd_design(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_data_stages(settings, args: argparse.Namespace, report: dict) -> list[dict]:
+def bench_data_stages(settings, args: argparse.Namespace) -> list[dict]:
     """Per-stage img/s from the folder `args.data` to resnets' training step (bench_data.py)."""
     import os
 
@@ -58,13 +58,12 @@ def bench_data_stages(settings, args: argparse.Namespace, report: dict) -> list[
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = create_model(settings.model, num_classes=settings.num_classes).to(device, memory_format=memory_format)
     step = make_step(model, settings, device, fused=True)
-    synthetic = next(r for r in report["results"] if r["impl"] == "resnets")["images_per_second"]
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
     with cores_left_to_workers(device, workers):  # as `resnets train` runs its loaders
         stages = run_data_bench(settings.model, args.data, device, settings.batch_size, settings.img_size,
                                 settings.steps, workers,
-                                lambda x, y: step(x.contiguous(memory_format=memory_format), y), synthetic,
-                                log=lambda m: print(m, file=sys.stderr))
+                                lambda x, y: step(x.contiguous(memory_format=memory_format), y),
+                                settings.warmup, log=lambda m: print(m, file=sys.stderr))
     print(f"{'stage':<20} {'img/s':>10}")
     for row in stages:
         print(f"{row['stage']:<20} {row['images_per_second']:>10,.0f}  {row['note']}")
@@ -98,7 +97,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run_bench(settings, log=lambda m: print(m, file=sys.stderr))
     print(format_table(report))
     if args.data != "synthetic":
-        report["data_stages"] = bench_data_stages(settings, args, report)
+        report["data_stages"] = bench_data_stages(settings, args)
     if args.json:
         atomic_write_json(args.json, report)
     return 0
