@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,23 @@ def test_an_in_memory_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path)
     resnets.train(resume=str(mid_epoch_2), progress=False)
     a, b = load_file(str(straight.run_dir / "last.safetensors")), load_file(str(copy / "last.safetensors"))
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_the_cache_file_is_streamed_to_disk_and_appears_whole_or_not_at_all(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from resnets.fileio import atomic_write_to
+
+    images = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
+    target = tmp_path / "store.safetensors"
+    atomic_write_to(target, lambda tmp: save_file({"images": images}, tmp))
+    assert torch.equal(load_file(str(target))["images"], images)
+
+    def fail_halfway(tmp: str) -> None:
+        Path(tmp).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_to(target, fail_halfway)
+    assert torch.equal(load_file(str(target))["images"], images)  # the old file, untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["store.safetensors"]  # no temp file left

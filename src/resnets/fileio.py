@@ -22,22 +22,43 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call `write(fileobj)` on a temp file in the same directory, fsync it, then rename it over `path`."""
+def _replace_atomically(path: str | os.PathLike, fill: Callable[[int, str], None]) -> Path:
+    """`fill(fd, tmp)` writes and fsyncs a temp file in the same directory (and closes `fd`); then it is
+    renamed over `path`. A failure leaves `path` as it was and no temp file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        fill(fd, tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call `write(fileobj)` on a temp file in the same directory, fsync it, then rename it over `path`."""
+    def fill(fd: int, tmp: str) -> None:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _replace_atomically(path, fill)
+
+
+def atomic_write_to(path: str | os.PathLike, write_file: Callable[[str], None]) -> Path:
+    """`atomic_write` for writers that take a file name (`safetensors.torch.save_file`): they stream to
+    disk instead of building the whole file in memory first (a GB-sized image cache, say)."""
+    def fill(fd: int, tmp: str) -> None:
+        os.close(fd)
+        write_file(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+
+    return _replace_atomically(path, fill)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_to
 from .bad_files import BadFiles, collate_skipping
 from .transforms import SMALL_IMAGE, _interpolation, image_size
 
@@ -108,8 +108,8 @@ def cached_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], cache_di
             pass  # a damaged cache is rebuilt, never trusted
     store = build_store(dataset, side, data_cfg, workers)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save({"images": store.images, "labels": store.labels},
-                                  metadata={"broken": json.dumps(store.broken)}))
+    atomic_write_to(path, lambda tmp: save_file({"images": store.images, "labels": store.labels}, tmp,
+                                                metadata={"broken": json.dumps(store.broken)}))
     return store, path, True
 
 
