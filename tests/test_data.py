@@ -479,16 +479,3 @@ def test_random_erasing_needs_normalising_in_the_workers() -> None:
     with pytest.raises(ConfigError, match="random erasing"):
         train_transform(cfg, random_erasing=0.25, normalize=False)
 
-
-def test_the_main_process_leaves_the_cores_to_gpu_loader_workers(monkeypatch) -> None:
-    from resnets.tasks.common import cores_left_to_workers
-
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
-    before = torch.get_num_threads()
-    with cores_left_to_workers(torch.device("cpu"), 8):  # on the CPU the threads train: untouched
-        assert torch.get_num_threads() == before
-    with cores_left_to_workers(torch.device("cuda"), 15):
-        assert torch.get_num_threads() == 1
-    with cores_left_to_workers(torch.device("cuda"), 0):  # no workers: the main process loads
-        assert torch.get_num_threads() == before
-    assert torch.get_num_threads() == before

@@ -52,18 +52,16 @@ def bench_data_stages(settings, args: argparse.Namespace) -> list[dict]:
     from .bench import make_step
     from .bench_data import run_data_bench
     from .models import create_model
-    from .tasks.common import cores_left_to_workers, resolve_device
+    from .tasks.common import resolve_device
 
     device = resolve_device(None if settings.device == "auto" else settings.device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = create_model(settings.model, num_classes=settings.num_classes).to(device, memory_format=memory_format)
     step = make_step(model, settings, device, fused=True)
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
-    with cores_left_to_workers(device, workers):  # as `resnets train` runs its loaders
-        stages = run_data_bench(settings.model, args.data, device, settings.batch_size, settings.img_size,
-                                settings.steps, workers,
-                                lambda x, y: step(x.contiguous(memory_format=memory_format), y),
-                                settings.warmup, log=lambda m: print(m, file=sys.stderr))
+    stages = run_data_bench(settings.model, args.data, device, settings.batch_size, settings.img_size,
+                            settings.steps, workers, lambda x, y: step(x.contiguous(memory_format=memory_format), y),
+                            settings.warmup, log=lambda m: print(m, file=sys.stderr))
     print(f"{'stage':<20} {'img/s':>10}")
     for row in stages:
         print(f"{row['stage']:<20} {row['images_per_second']:>10,.0f}  {row['note']}")

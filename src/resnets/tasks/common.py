@@ -1,8 +1,6 @@
 """What the task commands share: picking a device, reading images one by one, naming classes."""
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -31,25 +29,6 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda asked for, but no CUDA GPU is available here")
     return dev
-
-
-@contextlib.contextmanager
-def cores_left_to_workers(device: torch.device, workers: int) -> Iterator[None]:
-    """While training on a GPU with loader workers, the main process keeps only the cores the workers leave.
-
-    It only launches kernels there, but torch gives it one intra-op thread per core, and its CPU work
-    (copying each batch into pinned memory, stacking) then runs on every core at once, workers included.
-    On the CPU the threads do the training itself and stay as they are."""
-    if device.type != "cuda" or workers <= 0:
-        yield
-        return
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(before, cores - workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def beside_checkpoint(checkpoint: str | Path, folder: str) -> Path:

@@ -216,11 +216,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     explicit = set(overrides) | ({k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(defaults, k)}
                                  if cfg else set())
     cfg = (dataclasses.replace(cfg, **overrides) if cfg else make_config(overrides)).resolved()
-    from ..tasks.common import cores_left_to_workers
-
     ctx, device = init_distributed(cfg.device, cfg.dist_timeout)
-    with cores_left_to_workers(device, cfg.workers):
-        result = _train(cfg, explicit, ctx, device)
+    result = _train(cfg, explicit, ctx, device)
     # Only on success: after an error a peer may still sit in a collective, and the process exit (which
     # torchrun turns into ending the whole job) is the way out.
     ctx.close()
