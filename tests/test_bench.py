@@ -1,5 +1,6 @@
 """`resnets bench` on the CPU at tiny sizes: every implementation runs, the report is complete and honest."""
 import json
+import os
 
 import pytest
 import torch
@@ -94,3 +95,17 @@ def test_bench_data_dir_times_every_stage_of_the_input_pipeline(tmp_path, capsys
                            "step <- synthetic"}
     assert all(v > 0 for v in stages.values())
     assert "memory -> batches" in capsys.readouterr().out
+
+
+def test_compile_caches_are_kept_beside_resnets_other_caches(tmp_path, monkeypatch):
+    from resnets.fileio import keep_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert keep_compile_cache(tmp_path) == tmp_path / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice wins
+    assert keep_compile_cache(tmp_path) == tmp_path / "mine"
+    # torch writes its /tmp default there when torch._dynamo is imported: not a choice, replaced
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", torch_default())
+    assert keep_compile_cache(tmp_path) == tmp_path / "inductor"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .fileio import keep_compile_cache
 
 REFERENCE_LIBS = ("torchvision", "timm")
 
@@ -155,6 +156,8 @@ def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str,
         raise ConfigError(f"amp {s.amp!r} is not bf16, fp16 or off")
     if s.compile not in ("off", "default", "max-autotune", "reduce-overhead"):
         raise ConfigError(f"compile {s.compile!r} is not off, default, max-autotune or reduce-overhead")
+    if s.compile != "off":
+        keep_compile_cache()  # the warm-up column then shows a first run's compilation, later runs' cache reads
     if min(s.batch_size, s.steps, s.rounds) < 1 or s.warmup < 0:
         raise ConfigError("batch-size, steps and rounds must be >= 1, warmup >= 0")
     from .tasks.common import resolve_device

@@ -32,7 +32,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_to
+from ..fileio import atomic_write_to, default_cache_dir
 from .bad_files import BadFiles, collate_skipping
 from .transforms import SMALL_IMAGE, _interpolation, image_size
 
@@ -85,10 +85,6 @@ def cache_key(samples: list[tuple[str, int]], side: int, data_cfg: dict[str, Any
         except OSError:
             h.update(f"{path}\0missing\0{label}\n".encode())
     return h.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnets"
 
 
 def cached_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], cache_dir: str | Path | None,

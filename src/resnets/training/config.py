@@ -70,7 +70,7 @@ class TrainConfig:
     compile: bool = False
     in_memory: bool = False  # decode the training images once into a uint8 tensor on the device and crop/flip whole batches there: no DataLoader (data that fits in memory)
     decode_on_device: bool = False  # JPEG folders: workers only read bytes; the device decodes them (nvJPEG on a GPU) and crops/flips whole batches
-    cache_dir: str | None = None  # where --in-memory keeps decoded folders, keyed by the files' paths, sizes and times (default ~/.cache/resnets)
+    cache_dir: str | None = None  # where --in-memory keeps decoded folders (keyed by the files' paths, sizes and times) and --compile its caches (default ~/.cache/resnets)
     workers: int | None = None  # data-loading processes; default 0 for in-memory data (digits), else min(8, cores)
     seed: int = 0
     output: str = "runs"

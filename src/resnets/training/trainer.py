@@ -29,7 +29,7 @@ from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_stor
 from ..data.images import DataError
 from ..data.transforms import DeviceNormalize, image_size
 from ..errors import ConfigError
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, keep_compile_cache
 from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
 from .checkpoint import (abandon_newer_states, find_resume, load_resume_state, remove_stray_temp_files, rng_state,
@@ -355,6 +355,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
     run.ddp = wrap_model(model, ctx, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph) if ctx.enabled else None
     run.step_model = run.ddp or model
     if cfg.compile:
+        keep_compile_cache(cfg.cache_dir)
         run.step_model = torch.compile(run.step_model)
 
     bad_files = train_loader.bad_files
