@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmark batch used for BENCHMARKS.md: one call of the device tool runs a whole phase.
-#   bash benchmarks/gpu.sh eager|infer|compiled|data|tests OUTDIR
+#   bash benchmarks/gpu.sh eager|infer|compiled|rows|leads|data|data2|data2-compiled|tests OUTDIR
+# One device call fits about 9 minutes: a compiled row costs 20-70 s of compilation on a cold cache.
 # Runs from source (PYTHONPATH=src) with the torch/timm/torchvision installed on the machine.
 set -u
 phase=${1:-eager}
@@ -53,6 +54,11 @@ case $phase in
       run "$m-infer-compiled" --model $m --mode infer --compile default --rounds 2 ${refs:+--compare $refs}
       run "$m-infer-eager" --model $m --mode infer --compare timm
     done ;;
+  leads)  # not measured yet: CUDA graphs and larger inference batches for the unmet ResNet-50 targets
+    run "resnet50-infer-cudagraphs" --model resnet50 --mode infer --compile reduce-overhead --rounds 2
+    run "resnet50-infer-compiled-b512" --model resnet50 --mode infer --compile default -b 512 --rounds 2
+    run "resnet50-train-cudagraphs" --model resnet50 --mode train --compile reduce-overhead --rounds 2
+    ;;
   compiled)
     run "resnet50-infer-compiled" --model resnet50 --mode infer --compile default --compare timm --rounds 2
     run "resnet50-train-compiled" --model resnet50 --mode train --compile default --compare timm --rounds 2
