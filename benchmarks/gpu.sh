@@ -31,7 +31,7 @@ case $phase in
     python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
     run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     ;;
-  data2)  # the input pipeline after uint8 batches and the main-process thread cap, eager and compiled
+  data2)  # the input pipeline with uint8 batches normalised on the GPU (eager; compiled: data2-compiled)
     [ -d /tmp/jpegs ] || python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
     run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     timeout 120 python3 benchmarks/probe_loader.py /tmp/jpegs 2>&1 | grep -v "Warn\|super()" | tee "$out/probe.txt"

@@ -16,7 +16,6 @@ import time
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision import datasets, transforms as v1
-from torchvision.transforms import v2
 
 from resnets.data import load_splits, train_transform
 from resnets.data.bad_files import collate_skipping
@@ -56,7 +55,7 @@ def main() -> None:
     a = p.parse_args()
     cfg = dict(get_config("resnet50").data_config())
     ours = train_transform(cfg, 224)
-    ours_u8 = v2.Compose(ours.transforms[:-2])  # drop ToDtype + Normalize
+    ours_u8 = train_transform(cfg, 224, normalize=False)
     classic = v1.Compose([v1.RandomResizedCrop(224), v1.RandomHorizontalFlip(), v1.ToTensor(),
                           v1.Normalize(cfg["mean"], cfg["std"])])
     classic_u8 = v1.Compose([v1.RandomResizedCrop(224), v1.RandomHorizontalFlip(), v1.PILToTensor()])

@@ -98,11 +98,13 @@ def test_bench_data_dir_times_every_stage_of_the_input_pipeline(tmp_path, capsys
 
 
 def test_compile_caches_are_kept_beside_resnets_other_caches(tmp_path, monkeypatch):
-    from resnets.fileio import keep_compile_cache
+    from resnets.caches import keep_compile_cache
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     assert keep_compile_cache(tmp_path) == tmp_path / "inductor"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    # a later run in the same process with another --cache-dir moves too: the first value was ours
+    assert keep_compile_cache(tmp_path / "other") == tmp_path / "other" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice wins
     assert keep_compile_cache(tmp_path) == tmp_path / "mine"
     # torch writes its /tmp default there when torch._dynamo is imported: not a choice, replaced

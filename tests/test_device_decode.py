@@ -95,7 +95,7 @@ def test_training_with_decode_on_device_skips_and_lists_broken_files(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: nvJPEG")
-def test_gpu_decoding_agrees_with_the_cpu():
+def test_gpu_decoding_agrees_with_the_cpu(monkeypatch):
     # One batched nvJPEG call with mixed sizes, a greyscale file among them, and an EXIF-rotated one. nvJPEG
     # and libjpeg differ in IDCT and chroma upsampling: on these smooth images by up to 3.2 levels on average
     # (seen on an H100), on white noise by 13. A wrong decode (orientation, channels, garbage) is far off.
@@ -103,8 +103,13 @@ def test_gpu_decoding_agrees_with_the_cpu():
              jpeg(size=(40, 30), exif_orientation=6, smooth=True), jpeg(size=(17, 9), smooth=True)]
     payloads = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
     names = [f"{i}.jpg" for i in range(len(files))]
-    gpu, gpu_broken = decode_batch(payloads, names, torch.device("cuda"))
     cpu, cpu_broken = decode_batch(payloads, names, torch.device("cpu"))
+
+    def no_fallback(*args):
+        raise AssertionError("the batch fell back to the CPU decoder")
+
+    monkeypatch.setattr(device_decode, "decode_image", no_fallback)
+    gpu, gpu_broken = decode_batch(payloads, names, torch.device("cuda"))
     assert not gpu_broken and not cpu_broken
     for g, c in zip(gpu, cpu):
         assert g.is_cuda and g.shape == c.shape == (3, *c.shape[1:])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .fileio import keep_compile_cache
+from .caches import keep_compile_cache
 
 REFERENCE_LIBS = ("torchvision", "timm")
 
@@ -156,10 +156,10 @@ def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str,
         raise ConfigError(f"amp {s.amp!r} is not bf16, fp16 or off")
     if s.compile not in ("off", "default", "max-autotune", "reduce-overhead"):
         raise ConfigError(f"compile {s.compile!r} is not off, default, max-autotune or reduce-overhead")
-    if s.compile != "off":
-        keep_compile_cache()  # the warm-up column then shows a first run's compilation, later runs' cache reads
     if min(s.batch_size, s.steps, s.rounds) < 1 or s.warmup < 0:
         raise ConfigError("batch-size, steps and rounds must be >= 1, warmup >= 0")
+    if s.compile != "off":
+        keep_compile_cache()  # the warm-up column then shows a first run's compilation, later runs' cache reads
     from .tasks.common import resolve_device
 
     device = resolve_device(None if s.device == "auto" else s.device)

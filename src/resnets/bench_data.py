@@ -42,7 +42,7 @@ def _rate(batches: Iterable, count: int, device: torch.device, consume: Callable
 
 def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_size: int, img_size: int | None,
                    steps: int, workers: int, step: Callable[[torch.Tensor, torch.Tensor], None],
-                   warmup: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+                   warmup: int, log: Callable[[str], None], channels_last: bool = False) -> list[dict[str, Any]]:
     from .data import load_splits, train_transform
     from .data.bad_files import BadFiles, SkipUnreadable, collate_skipping
     from .data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
@@ -56,7 +56,7 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
     data_cfg["input_size"] = (3, size, size)
     splits = load_splits("folder", data_dir, val_fraction=0.2, seed=0,
                          train_transform=train_transform(data_cfg, size, normalize=False))
-    normalize = DeviceNormalize(data_cfg)  # the trainer's split: uint8 from the workers, float on the device
+    normalize = DeviceNormalize(data_cfg, channels_last)  # as the trainer: uint8 from the workers, float on the device
     stages: list[dict[str, Any]] = []
 
     def record(stage: str, ips: float, note: str = "") -> None:
@@ -100,7 +100,7 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
 
     ips, _ = _rate(epochs_of(resident), steps, device)
     record("memory -> batches", ips, f"(crop/flip/normalise on {device.type})")
-    # The step is warmed up (compiled, cuDNN's algorithms picked) before any timed stage, and its synthetic
+    # The step is warmed up (compiled, cuDNN's algorithms picked) before any timed step, and its synthetic
     # rate is measured the same way as the others: wall clock over `steps` batches.
     synthetic = (torch.randn(batch_size, 3, size, size, device=device),
                  torch.randint(0, 2, (batch_size,), device=device))

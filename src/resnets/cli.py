@@ -61,7 +61,8 @@ def bench_data_stages(settings, args: argparse.Namespace) -> list[dict]:
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
     stages = run_data_bench(settings.model, args.data, device, settings.batch_size, settings.img_size,
                             settings.steps, workers, lambda x, y: step(x.contiguous(memory_format=memory_format), y),
-                            settings.warmup, log=lambda m: print(m, file=sys.stderr))
+                            settings.warmup, log=lambda m: print(m, file=sys.stderr),
+                            channels_last=settings.channels_last)
     print(f"{'stage':<20} {'img/s':>10}")
     for row in stages:
         print(f"{row['stage']:<20} {row['images_per_second']:>10,.0f}  {row['note']}")

@@ -50,8 +50,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
 
 
 def atomic_write_to(path: str | os.PathLike, write_file: Callable[[str], None]) -> Path:
-    """`atomic_write` for writers that take a file name (`safetensors.torch.save_file`): they stream to
-    disk instead of building the whole file in memory first (a GB-sized image cache, say)."""
+    """`atomic_write` for writers that take a file name (`safetensors.torch.save_file`, which in current
+    releases writes from the tensors' own memory): no second in-memory copy of a GB-sized file."""
     def fill(fd: int, tmp: str) -> None:
         os.close(fd)
         write_file(tmp)
@@ -59,25 +59,6 @@ def atomic_write_to(path: str | os.PathLike, write_file: Callable[[str], None]) 
             os.fsync(f.fileno())
 
     return _replace_atomically(path, fill)
-
-
-def default_cache_dir() -> Path:
-    """Where resnets keeps what it can rebuild: decoded image stores, torch.compile's caches."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnets"
-
-
-def keep_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Point torch.compile's caches (FX graphs, AOTAutograd, autotuning, the Triton kernels beneath) at
-    `cache_dir`/inductor, unless the user set TORCHINDUCTOR_CACHE_DIR. Torch's own default is
-    /tmp/torchinductor_$USER, which a reboot may empty; with the cache a second run skips most of the
-    compilation (ResNet-18 training on the 2-core CPU: 29-42 s warm-up cold, 2.3-2.7 s from the cache)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
-
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    # Importing torch._dynamo writes torch's default into the variable: that is not the user's choice.
-    if current is None or os.path.abspath(current) == os.path.abspath(torch_default()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir or default_cache_dir()) / "inductor")
-    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -32,7 +32,8 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_to, default_cache_dir
+from ..caches import default_cache_dir
+from ..fileio import atomic_write_to
 from .bad_files import BadFiles, collate_skipping
 from .transforms import SMALL_IMAGE, _interpolation, image_size
 

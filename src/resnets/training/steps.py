@@ -12,10 +12,10 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from ..data.transforms import DeviceNormalize
 from ..errors import ResnetsError
 from .config import TrainConfig
 from .distributed import Distributed
-from ..data.transforms import DeviceNormalize
 from .loop import autocast_context, topk_hits
 from .optim import lr_factor, set_lr
 

@@ -23,13 +23,14 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from ..analysis.flops import check_img_size
+from ..caches import keep_compile_cache
 from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, Unreadable, collate_skipping
 from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
 from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
 from ..data.images import DataError
 from ..data.transforms import DeviceNormalize, image_size
 from ..errors import ConfigError
-from ..fileio import atomic_write_json, atomic_write_text, keep_compile_cache
+from ..fileio import atomic_write_json, atomic_write_text
 from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
 from .checkpoint import (abandon_newer_states, find_resume, load_resume_state, remove_stray_temp_files, rng_state,
@@ -252,8 +253,7 @@ def _locate_resume(cfg: TrainConfig, ctx: Distributed) -> tuple[Path, Path, dict
 def _evaluate(model: nn.Module, loader, device: torch.device, amp: str, normalize: DeviceNormalize,
               ctx: Distributed) -> EvalResult:
     """Every process evaluates its shard; the parts add up to one result on every process."""
-    part = evaluate(model, loader, device, amp, channels_last=normalize.channels_last, normalize=normalize,
-                    allow_empty=True)
+    part = evaluate(model, loader, device, amp, normalize=normalize, allow_empty=True)
     result = merge_results(ctx.gather(part)) if ctx.enabled else part
     if result.num_samples == 0:
         raise ValueError("evaluation set is empty")
