@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
 from .caches import keep_compile_cache
+from .errors import ConfigError
 
 REFERENCE_LIBS = ("torchvision", "timm")
 
@@ -162,7 +162,7 @@ def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str,
         keep_compile_cache()  # the warm-up column then shows a first run's compilation, later runs' cache reads
     from .tasks.common import resolve_device
 
-    device = resolve_device(None if s.device == "auto" else s.device)
+    device = resolve_device(s.device)
 
     shapes = meta_model(s.model, num_classes=s.num_classes)
     size = s.img_size or shapes.pretrained_cfg["input_size"][-1]

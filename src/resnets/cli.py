@@ -54,7 +54,7 @@ def bench_data_stages(settings, args: argparse.Namespace) -> list[dict]:
     from .models import create_model
     from .tasks.common import resolve_device
 
-    device = resolve_device(None if settings.device == "auto" else settings.device)
+    device = resolve_device(settings.device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = create_model(settings.model, num_classes=settings.num_classes).to(device, memory_format=memory_format)
     step = make_step(model, settings, device, fused=True)
@@ -79,7 +79,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .tasks.common import resolve_device
 
-    on_cuda = resolve_device(None if args.device == "auto" else args.device).type == "cuda"
+    on_cuda = resolve_device(args.device).type == "cuda"
     if args.data != "synthetic":
         from pathlib import Path
 

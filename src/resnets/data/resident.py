@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-from ..errors import ConfigError
 from ..caches import default_cache_dir
+from ..errors import ConfigError
 from ..fileio import atomic_write_to
 from .bad_files import BadFiles, collate_skipping
 from .transforms import SMALL_IMAGE, _interpolation, image_size
@@ -104,7 +104,6 @@ def cached_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], cache_di
         except (SafetensorError, OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt, never trusted
     store = build_store(dataset, side, data_cfg, workers)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_to(path, lambda tmp: save_file({"images": store.images, "labels": store.labels}, tmp,
                                                 metadata={"broken": json.dumps(store.broken)}))
     return store, path, True

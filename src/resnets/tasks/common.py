@@ -19,8 +19,8 @@ def warn_stderr(message: str) -> None:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """None picks CUDA when there is a GPU, else the CPU."""
-    if device is None:
+    """None or "auto" picks CUDA when there is a GPU, else the CPU."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)

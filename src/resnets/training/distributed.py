@@ -132,11 +132,10 @@ def init_distributed(device: str, timeout_s: float) -> tuple[Distributed, torch.
     """
     from ..tasks.common import resolve_device
 
-    world_size = launched_world_size()
-    if world_size <= 1:
-        return Distributed(), resolve_device(None if device == "auto" else device)
+    wanted = resolve_device(device)
+    if launched_world_size() <= 1:
+        return Distributed(), wanted
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = resolve_device(None if device == "auto" else device)
     if wanted.type == "cuda":
         if wanted.index is not None:
             raise ConfigError(f"--device {device}: under torchrun each process takes the GPU of its LOCAL_RANK; "

@@ -50,10 +50,6 @@ def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = (
     return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks])
 
 
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[int]:
-    return [int(v) for v in topk_hits(logits, targets, ks).tolist()]
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "off",
              keep_probabilities: bool = False, progress: Callable[[Iterable], Iterable] | None = None,
