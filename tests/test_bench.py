@@ -41,13 +41,20 @@ def test_train_step_updates_weights_and_infer_does_not():
     assert all(torch.equal(a, b) for a, b in zip(after_train, model.parameters()))
 
 
-def test_bench_cli_writes_json_and_table(tmp_path, capsys):
+@pytest.mark.parametrize("flag,expected", [([], True), (["--no-cudnn-benchmark"], False)])
+def test_bench_cli_writes_json_and_table(tmp_path, capsys, monkeypatch, flag, expected):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not expected)
+    seen = []
+    monkeypatch.setattr("resnets.bench._time_steps", lambda *a: seen.append(torch.backends.cudnn.benchmark) or [1.0])
     code = main(["bench", "--model", "cifar_resnet20", "--device", "cpu", "-b", "2", "--steps", "1", "--warmup", "1",
-                 "--rounds", "1", "--mode", "infer", "--json", str(tmp_path / "b.json")])
+                 "--rounds", "1", "--mode", "infer", "--json", str(tmp_path / "b.json"), *flag])
     out = capsys.readouterr().out
     assert code == 0 and "cifar_resnet20 infer on cpu" in out and "resnets" in out
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["settings"]["mode"] == "infer" and report["img_size"] == 32
+    # timed under the asked setting, recorded, and the process's own setting back afterwards
+    assert seen == [expected] and report["settings"]["cudnn_benchmark"] is expected
+    assert torch.backends.cudnn.benchmark is (not expected)
 
 
 @pytest.mark.parametrize("argv,needle", [

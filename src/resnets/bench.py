@@ -6,10 +6,11 @@ inside the timed loop) and from the wall clock on the CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ class BenchSettings:
     amp: str = "bf16"  # bf16, fp16, off (CPU: off unless asked)
     compile: str = "off"  # off, default, max-autotune, reduce-overhead
     channels_last: bool = True
+    cudnn_benchmark: bool = True  # cuDNN times its conv algorithms per shape, as the trainer lets it (CUDA only)
     compare: tuple[str, ...] = ()
     num_classes: int = 1000
 
@@ -98,8 +100,8 @@ def _autocast(device: torch.device, amp: str):
 
 
 def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """One training or inference step. `fused` picks resnets' step: the fused SGD kernel on CUDA (one launch
-    for all parameters) for training; BN folded into the convs and bf16 weights for inference on CUDA."""
+    """One training or inference step. `fused` picks resnets' step, the trainer's: the fused SGD kernel (one
+    launch for all parameters) for training; BN folded into the convs and bf16 weights for inference on CUDA."""
     if s.mode == "infer":
         model.eval()
         low_precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp)
@@ -128,10 +130,11 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
         return infer
 
     model.train()
+    from .training.optim import fused_optimizer
+
     opt_kwargs: dict[str, Any] = dict(lr=0.1, momentum=0.9, weight_decay=5e-5)
-    if fused and device.type == "cuda":
-        opt_kwargs["fused"] = True
-    optimizer = torch.optim.SGD(model.parameters(), **opt_kwargs)
+    optimizer = (fused_optimizer(torch.optim.SGD, model.parameters(), **opt_kwargs) if fused
+                 else torch.optim.SGD(model.parameters(), **opt_kwargs))
     forward = model
     if s.compile != "off":
         forward = torch.compile(model, mode=None if s.compile == "default" else s.compile)
@@ -146,7 +149,24 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
     return train_step
 
 
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """torch.backends.cudnn.benchmark for the duration: it is process-wide, so every implementation in the
+    bench runs under the same setting, and the caller's is back afterwards."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    with cudnn_benchmark(s.cudnn_benchmark):
+        return _run_bench(s, log)
+
+
+def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
     from .analysis.flops import check_img_size, count_macs, meta_model
     from .models import create_model
 

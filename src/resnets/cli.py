@@ -74,7 +74,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .bench import BenchSettings, format_table, run_bench
+    from .bench import BenchSettings, cudnn_benchmark, format_table, run_bench
     from .fileio import atomic_write_json
 
     from .tasks.common import resolve_device
@@ -91,12 +91,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, mode=args.mode, device=args.device,
         batch_size=args.batch_size or (256 if on_cuda else 16), img_size=args.img_size, steps=args.steps,
         warmup=args.warmup, rounds=args.rounds, amp=args.amp or ("bf16" if on_cuda else "off"),
-        compile=args.compile, channels_last=args.channels_last,
+        compile=args.compile, channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark,
         compare=tuple(c for c in (args.compare or "").split(",") if c))
     report = run_bench(settings, log=lambda m: print(m, file=sys.stderr))
     print(format_table(report))
     if args.data != "synthetic":
-        report["data_stages"] = bench_data_stages(settings, args)
+        with cudnn_benchmark(settings.cudnn_benchmark):
+            report["data_stages"] = bench_data_stages(settings, args)
     if args.json:
         atomic_write_json(args.json, report)
     return 0
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None, help="default: bf16 on CUDA, off on CPU")
     p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead"), default="off")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="let cuDNN time its conv algorithms per shape, as `resnets train` does (CUDA only; "
+                        "applies to every implementation compared)")
     p.add_argument("--data", default="synthetic",
                    help="synthetic (random tensors on the device), or a folder of images: also time each stage of "
                         "the input pipeline (files, in-memory store, device augmentation) into the training step")

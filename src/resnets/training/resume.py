@@ -46,6 +46,8 @@ def restore(run: Run, state: dict[str, Any], seed: int) -> Progress:
     """Model, optimizer, scaler, EMA and RNG of `state` into `run`; the progress to go on from."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
+    for group in run.optimizer.param_groups:  # how to step is this machine's choice, not the saved one's
+        group.update({k: run.optimizer.defaults[k] for k in ("fused", "foreach") if k in run.optimizer.defaults})
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     if run.ema is not None and state.get("ema"):

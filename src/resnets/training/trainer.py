@@ -295,6 +295,10 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
                                 f"raise --epochs to train on")
     if cfg.deterministic:
         make_deterministic()
+    else:
+        # The batch shape is fixed, so cuDNN may time its conv algorithms once per shape and keep the fastest,
+        # as torchvision's and timm's training scripts have it (process-wide, like --deterministic).
+        torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed + ctx.rank)  # model-side randomness (dropout, mixup) differs between processes
     amp, channels_last = resolve_precision(cfg, device)
     say = print if ctx.is_main else (lambda *args, **kwargs: None)
