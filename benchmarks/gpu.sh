@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU benchmark batch used for BENCHMARKS.md: one call of the device tool runs a whole phase.
 #   bash benchmarks/gpu.sh eager|infer|compiled|rows|leads|data|data2|data2-compiled|tests OUTDIR
-# One device call fits about 9 minutes: a compiled row costs 20-70 s of compilation on a cold cache.
+#   bash benchmarks/gpu.sh next-train|next-infer|next-data OUTDIR   (the leads not measured yet, one call each)
+# One device call fits about 9 minutes: a compiled row costs 20-70 s of compilation on a cold cache, and a
+# phase stops starting runs once PHASE_BUDGET seconds (default 540) are spent.
 # Runs from source (PYTHONPATH=src) with the torch/timm/torchvision installed on the machine.
 set -u
 phase=${1:-eager}
@@ -9,10 +11,14 @@ out=${2:-${OUT:-/tmp/bench}}
 mkdir -p "$out/json"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/gpu.txt"
-run() {  # name, then bench arguments
+start=$SECONDS
+run() {  # name, then bench arguments; skipped once the phase's budget (PHASE_BUDGET s, default 540) is spent
   local name=$1; shift
-  echo "=== $name: resnets bench $*"
-  timeout ${RUN_TIMEOUT:-900} python3 -m resnets bench "$@" --json "$out/json/$name.json" 2>&1 | grep -v "^W1\|UserWarning"
+  local left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
+  local limit=${RUN_TIMEOUT:-900}; [ $left -lt $limit ] && limit=$left
+  if [ $limit -lt 30 ]; then echo "=== $name: skipped, the phase's time is spent"; return; fi
+  echo "=== $name ($(( SECONDS - start )) s in): resnets bench $*"
+  timeout $limit python3 -m resnets bench "$@" --json "$out/json/$name.json" 2>&1 | grep -v "^W1\|UserWarning"
 }
 case $phase in
   eager)
@@ -58,6 +64,38 @@ case $phase in
     run "resnet50-infer-cudagraphs" --model resnet50 --mode infer --compile reduce-overhead --rounds 2
     run "resnet50-infer-compiled-b512" --model resnet50 --mode infer --compile default -b 512 --rounds 2
     run "resnet50-train-cudagraphs" --model resnet50 --mode train --compile reduce-overhead --rounds 2
+    ;;
+  next-train)  # training leads, most likely first: cuDNN autotuning, CUDA graphs, 1x1 convs as matmuls, autotuned kernels
+    run "resnet50-train-compiled-cudnn-bm" --model resnet50 --mode train --compile default --rounds 2
+    run "resnet50-train-compiled-no-cudnn-bm" --model resnet50 --mode train --compile default --rounds 2 --no-cudnn-benchmark
+    run "resnet50-train-cudagraphs" --model resnet50 --mode train --compile reduce-overhead --rounds 2
+    run "resnet50-train-compiled-1x1mm" --model resnet50 --mode train --compile default --rounds 2 --inductor conv_1x1_as_mm=true
+    for m in resnext50_32x4d res2net50_26w_4s resnet18; do  # cuDNN autotuning for grouped and 26-channel convs
+      run "$m-train-compiled-cudnn-bm" --model $m --mode train --compile default --rounds 2
+    done
+    RUN_TIMEOUT=150 run "resnet50-train-autotune" --model resnet50 --mode train --compile max-autotune-no-cudagraphs --rounds 2
+    ;;
+  next-infer)  # inference leads: cuDNN autotuning, freezing, 1x1 convs as matmuls, CUDA graphs, batch 512
+    run "resnet50-infer-compiled-cudnn-bm" --model resnet50 --mode infer --compile default --rounds 2
+    run "resnet50-infer-compiled-no-cudnn-bm" --model resnet50 --mode infer --compile default --rounds 2 --no-cudnn-benchmark
+    run "resnet50-infer-freezing" --model resnet50 --mode infer --compile default --rounds 2 --inductor freezing=true
+    run "resnet50-infer-1x1mm" --model resnet50 --mode infer --compile default --rounds 2 --inductor conv_1x1_as_mm=true
+    run "resnet50-infer-cudagraphs" --model resnet50 --mode infer --compile reduce-overhead --rounds 2
+    run "resnet50-infer-compiled-b512" --model resnet50 --mode infer --compile default -b 512 --rounds 2
+    for m in resnext50_32x4d res2net50_26w_4s; do
+      run "$m-infer-compiled-cudnn-bm" --model $m --mode infer --compile default --rounds 2
+      run "$m-infer-cudagraphs" --model $m --mode infer --compile reduce-overhead --rounds 2
+    done
+    RUN_TIMEOUT=150 run "resnet50-infer-autotune" --model resnet50 --mode infer --compile max-autotune-no-cudagraphs --rounds 2 --inductor conv_1x1_as_mm=true
+    ;;
+  next-data)  # the step fed by files after the bench's warm-up fix, eager and compiled; then the device-facing tests
+    python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
+    run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
+    run "resnet50-data-compiled" --model resnet50 --mode train --compile default --data /tmp/jpegs -j 16 --steps 40 --rounds 2
+    left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
+    [ $left -gt 120 ] && OMP_NUM_THREADS=2 timeout $left python3 -m pytest -q -n 6 -rfE -p no:cacheprovider \
+      tests/test_device_decode.py tests/test_train.py tests/test_bench.py tests/test_optim.py 2>&1 \
+      | grep -v "Benchmark\|warner(" | tee "$out/tests.log" | tail -15
     ;;
   compiled)
     run "resnet50-infer-compiled" --model resnet50 --mode infer --compile default --compare timm --rounds 2

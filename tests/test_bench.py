@@ -64,6 +64,10 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys, monkeypatch, flag, ex
     (["--model", "resnet18", "--steps", "0"], "must be >= 1"),
     (["--model", "resnet18", "--data", "/nonexistent/folder"], "not a folder of images"),
     (["--model", "resnet18", "--data", ".", "--mode", "infer"], "use it with --mode train"),
+    (["--model", "resnet18", "--compile", "default", "--inductor", "no_such_knob=1"], "has no such setting"),
+    (["--model", "resnet18", "--compile", "default", "--inductor", "conv_1x1_as_mm=3"], "expected a bool"),
+    (["--model", "resnet18", "--compile", "default", "--inductor", "conv_1x1_as_mm"], "expected KEY=VALUE"),
+    (["--model", "resnet18", "--inductor", "conv_1x1_as_mm=true"], "use it with --compile"),
 ])
 def test_bench_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code = main(["bench", "--device", "cpu", "-b", "1", *argv])
@@ -118,3 +122,27 @@ def test_compile_caches_are_kept_beside_resnets_other_caches(tmp_path, monkeypat
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", torch_default())
     assert keep_compile_cache(tmp_path) == tmp_path / "inductor"
+
+
+def test_inductor_settings_hold_while_compiling_and_timing_and_are_recorded(tmp_path, capsys, monkeypatch):
+    from torch._inductor import config
+
+    seen = []
+
+    def fake_compile(model, mode=None):  # records the config that a real compile would read, without the wait
+        seen.append(("compile", config.conv_1x1_as_mm, config.freezing))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr("resnets.bench._time_steps",
+                        lambda *a: seen.append(("time", config.conv_1x1_as_mm, config.freezing)) or [1.0])
+    code = main(["bench", "--model", "cifar_resnet20", "--device", "cpu", "-b", "2", "--steps", "1", "--rounds", "1",
+                 "--compile", "default", "--inductor", "conv_1x1_as_mm=true", "--inductor", "freezing=yes",
+                 "--json", str(tmp_path / "b.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "compile default (conv_1x1_as_mm=True, freezing=True)" in out
+    assert seen == [("compile", True, True), ("time", True, True)]
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["inductor"] == {"conv_1x1_as_mm": True,
+                                                                                   "freezing": True}
+    assert not config.conv_1x1_as_mm and not config.freezing  # the process's own settings are back

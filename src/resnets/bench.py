@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .caches import keep_compile_cache
+from .caches import COMPILE_MODES, keep_compile_cache
 from .errors import ConfigError
 
 REFERENCE_LIBS = ("torchvision", "timm")
@@ -33,9 +33,10 @@ class BenchSettings:
     warmup: int = 5  # untimed steps before the first round (compilation happens here)
     rounds: int = 3
     amp: str = "bf16"  # bf16, fp16, off (CPU: off unless asked)
-    compile: str = "off"  # off, default, max-autotune, reduce-overhead
+    compile: str = "off"  # off or a torch.compile mode: COMPILE_MODES
     channels_last: bool = True
     cudnn_benchmark: bool = True  # cuDNN times its conv algorithms per shape, as the trainer lets it (CUDA only)
+    inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config values while compiling
     compare: tuple[str, ...] = ()
     num_classes: int = 1000
 
@@ -149,20 +150,58 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
     return train_step
 
 
+def parse_inductor_settings(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (VALUE read as YAML: true, 8, 0.5, text) -> torch._inductor.config changes."""
+    import yaml
+
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--inductor {item!r}: expected KEY=VALUE, e.g. conv_1x1_as_mm=true")
+        changes[key] = yaml.safe_load(text)
+    return changes
+
+
+def check_inductor_settings(changes: dict[str, Any]) -> None:
+    """ConfigError unless every key is a torch._inductor.config setting and its value has the setting's type."""
+    from torch._inductor import config
+
+    for key, value in changes.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"--inductor {key}: torch._inductor.config has no such setting")
+        current = getattr(config, key)
+        if isinstance(current, (bool, int, float, str)) and not isinstance(value, type(current)):
+            if not (type(current) is float and type(value) is int):
+                raise ConfigError(f"--inductor {key}={value!r}: expected a {type(current).__name__} "
+                                  f"(it is {current!r} now)")
+
+
 @contextlib.contextmanager
-def cudnn_benchmark(enabled: bool) -> Iterator[None]:
-    """torch.backends.cudnn.benchmark for the duration: it is process-wide, so every implementation in the
-    bench runs under the same setting, and the caller's is back afterwards."""
+def backend_settings(s: BenchSettings) -> Iterator[None]:
+    """The bench's process-wide settings for the duration: torch.backends.cudnn.benchmark and the
+    torch._inductor.config changes. Process-wide, so every implementation compared runs under the same
+    ones; the caller's own are back afterwards."""
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled
+    torch.backends.cudnn.benchmark = s.cudnn_benchmark
     try:
-        yield
+        if s.inductor:
+            from torch._inductor import config
+
+            with config.patch(s.inductor):
+                yield
+        else:
+            yield
     finally:
         torch.backends.cudnn.benchmark = before
 
 
 def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    with cudnn_benchmark(s.cudnn_benchmark):
+    if s.inductor:
+        if s.compile == "off":
+            raise ConfigError("--inductor changes how torch.compile builds the step: use it with --compile")
+        check_inductor_settings(s.inductor)
+    with backend_settings(s):
         return _run_bench(s, log)
 
 
@@ -174,8 +213,8 @@ def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
         raise ConfigError(f"mode {s.mode!r} is not train or infer")
     if s.amp not in ("bf16", "fp16", "off"):
         raise ConfigError(f"amp {s.amp!r} is not bf16, fp16 or off")
-    if s.compile not in ("off", "default", "max-autotune", "reduce-overhead"):
-        raise ConfigError(f"compile {s.compile!r} is not off, default, max-autotune or reduce-overhead")
+    if s.compile not in ("off", *COMPILE_MODES):
+        raise ConfigError(f"compile {s.compile!r} is not off or one of {', '.join(COMPILE_MODES)}")
     if min(s.batch_size, s.steps, s.rounds) < 1 or s.warmup < 0:
         raise ConfigError("batch-size, steps and rounds must be >= 1, warmup >= 0")
     if s.compile != "off":
@@ -276,7 +315,7 @@ def format_table(report: dict[str, Any]) -> str:
     ours = next(r for r in results if r["impl"] == "resnets")
     s = report["settings"]
     lines = [f"{s['model']} {s['mode']} on {report['device']}: batch {s['batch_size']}, {report['img_size']}px, "
-             f"amp {s['amp']}, compile {s['compile']}, channels_last {s['channels_last']}; "
+             f"amp {s['amp']}, compile {s['compile']}{_inductor_note(s)}, channels_last {s['channels_last']}; "
              f"matmul peak {report['peak_matmul_tflops'] * 1000:,.0f} GFLOP/s",
              f"{'impl':<12} {'img/s':>10} {'resnets/x':>9} {'ms p50':>8} {'ms p90':>8} {'peak MiB':>9} "
              f"{'MFU':>6} {'warm-up s':>9}"]
@@ -286,3 +325,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{r['impl']:<12} {r['images_per_second']:>10,.1f} {ratio:>9.3f} {r['step_ms_median']:>8.2f} "
                      f"{r['step_ms_p90']:>8.2f} {mem:>9} {100 * r['mfu']:>5.1f}% {r['warmup_seconds']:>9.1f}")
     return "\n".join(lines)
+
+
+def _inductor_note(settings: dict[str, Any]) -> str:
+    changes = settings.get("inductor") or {}
+    return f" ({', '.join(f'{k}={v}' for k, v in changes.items())})" if changes else ""

@@ -1,10 +1,14 @@
-"""Where resnets keeps what it can rebuild: decoded image stores (--in-memory) and torch.compile's caches."""
+"""Where resnets keeps what it can rebuild (decoded image stores of --in-memory, torch.compile's caches), and
+torch.compile's modes."""
 from __future__ import annotations
 
 import getpass
 import os
 import tempfile
 from pathlib import Path
+
+# torch.compile's modes: reduce-overhead adds CUDA graphs; max-autotune times Triton kernels and adds CUDA graphs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 _SET_HERE: set[str] = set()  # values this process gave TORCHINDUCTOR_CACHE_DIR: not the user's choice either
 

@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from .caches import COMPILE_MODES
 from .errors import ConfigError, ResnetsError
 
 
@@ -74,7 +75,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .bench import BenchSettings, cudnn_benchmark, format_table, run_bench
+    from .bench import BenchSettings, backend_settings, format_table, parse_inductor_settings, run_bench
     from .fileio import atomic_write_json
 
     from .tasks.common import resolve_device
@@ -92,11 +93,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or (256 if on_cuda else 16), img_size=args.img_size, steps=args.steps,
         warmup=args.warmup, rounds=args.rounds, amp=args.amp or ("bf16" if on_cuda else "off"),
         compile=args.compile, channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark,
+        inductor=parse_inductor_settings(args.inductor) if args.inductor else {},
         compare=tuple(c for c in (args.compare or "").split(",") if c))
     report = run_bench(settings, log=lambda m: print(m, file=sys.stderr))
     print(format_table(report))
     if args.data != "synthetic":
-        with cudnn_benchmark(settings.cudnn_benchmark):
+        with backend_settings(settings):
             report["data_stages"] = bench_data_stages(settings, args)
     if args.json:
         atomic_write_json(args.json, report)
@@ -136,11 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None, help="default: bf16 on CUDA, off on CPU")
-    p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead"), default="off")
+    p.add_argument("--compile", choices=("off", *COMPILE_MODES), default="off")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="let cuDNN time its conv algorithms per shape, as `resnets train` does (CUDA only; "
                         "applies to every implementation compared)")
+    p.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                   help="a torch._inductor.config setting while compiling, e.g. conv_1x1_as_mm=true or "
+                        "freezing=true (repeatable; with --compile)")
     p.add_argument("--data", default="synthetic",
                    help="synthetic (random tensors on the device), or a folder of images: also time each stage of "
                         "the input pipeline (files, in-memory store, device augmentation) into the training step")
