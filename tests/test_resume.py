@@ -237,3 +237,23 @@ def test_resuming_an_older_state_moves_the_newer_ones_aside(tmp_path):
     moved = abandon_newer_states(tmp_path, older)
     assert [p.name for p in moved] == ["checkpoint-0001-000000004.pt", "checkpoint-0001-000000005.pt"]
     assert list_resume_files(tmp_path)[-1] == older and all(p.is_file() for p in moved)
+
+
+def test_atomic_copy_gives_the_same_bytes_or_leaves_the_old_file(tmp_path, monkeypatch):
+    from resnets.fileio import atomic_copy
+
+    source, target = tmp_path / "last.safetensors", tmp_path / "best.safetensors"
+    source.write_bytes(os.urandom(3 << 20))  # over the 1 MiB copy chunk
+    target.write_bytes(b"the previous best")
+    assert atomic_copy(source, target) == target and target.read_bytes() == source.read_bytes()
+
+    def copy_then_fail(src, dst, length=0):
+        dst.write(src.read(1000))
+        raise OSError("disk full")
+
+    target.write_bytes(b"the previous best")
+    monkeypatch.setattr("shutil.copyfileobj", copy_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_copy(source, target)
+    assert target.read_bytes() == b"the previous best"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "last.safetensors"]

@@ -147,6 +147,9 @@ def test_run_directory_is_complete_and_consistent(folder_run):
 
     best = load_file(str(run / "best.safetensors"))
     assert all(torch.isfinite(t).all() for t in best.values() if t.is_floating_point())
+    # best is the improved epoch's weights: the same file as last when the last epoch was the best one
+    last_was_best = metrics["best_epoch"] == 3
+    assert ((run / "best.safetensors").read_bytes() == (run / "last.safetensors").read_bytes()) == last_was_best
     cm = np.loadtxt(run / "confusion_matrix.csv", delimiter=",", skiprows=1, usecols=range(1, 4))
     assert cm.sum() == metrics["val_samples"] == 6
 

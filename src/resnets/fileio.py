@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -63,6 +64,13 @@ def atomic_write_to(path: str | os.PathLike, write_file: Callable[[str], None]) 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """`source`'s bytes under `path`, atomically: a second name for a file just written, without writing it
+    out of memory (and checksumming it) a second time."""
+    with open(source, "rb") as src:
+        return atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

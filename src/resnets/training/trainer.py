@@ -30,7 +30,7 @@ from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_stor
 from ..data.images import DataError
 from ..data.transforms import DeviceNormalize, image_size
 from ..errors import ConfigError
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_copy, atomic_write_json, atomic_write_text
 from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
 from .checkpoint import (abandon_newer_states, find_resume, load_resume_state, remove_stray_temp_files, rng_state,
@@ -363,6 +363,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
         run.step_model = torch.compile(run.step_model)
 
     bad_files = train_loader.bad_files
+    classes_checked_at = 0  # how many broken files _require_every_class last saw
     writer = None
     if ctx.is_main:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
@@ -390,7 +391,9 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
             ctx.average_buffers(module)
         val = _evaluate(eval_model, val_loader, device, amp, normalize, ctx)
         _share_bad_files(bad_files, ctx)
-        _require_every_class(splits, bad_files)
+        if len(bad_files) != classes_checked_at:  # a scan of every sample: only when new broken files turned up
+            _require_every_class(splits, bad_files)
+            classes_checked_at = len(bad_files)
         row = dict(epoch=epoch, **stats, val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
                    lr=run.optimizer.param_groups[0]["lr"], seconds=progress.seconds + time.perf_counter() - t_eval)
         history.append(row)
@@ -400,9 +403,9 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
         else:
             progress.stale_epochs += 1
         if ctx.is_main:
+            last = save_weights(eval_model, run_dir / "last.safetensors")
             if improved:
-                save_weights(eval_model, run_dir / "best.safetensors")
-            save_weights(eval_model, run_dir / "last.safetensors")
+                atomic_copy(last, run_dir / "best.safetensors")
         progress.start_epoch(epoch + 1)
         checkpoint()
         if ctx.is_main:
