@@ -35,7 +35,7 @@ from ..caches import default_cache_dir
 from ..errors import ConfigError
 from ..fileio import atomic_write_to
 from .bad_files import BadFiles, collate_skipping
-from .transforms import SMALL_IMAGE, _interpolation, image_size
+from .transforms import SMALL_IMAGE, DeviceNormalize, _interpolation, image_size
 
 STORE_FORMAT = 1  # part of every cache key: a change of how images are stored invalidates old caches
 
@@ -110,16 +110,18 @@ def cached_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], cache_di
 
 
 class DeviceAugment:
-    """Crop, flip and normalise a (B, C, S, S) uint8 batch on its device; returns float32 (B, C, size, size)."""
+    """Crop, flip and normalise a (B, C, S, S) uint8 batch on its device; returns float32 (B, C, size, size).
+
+    Crops interpolate the pixel values as they are (0-255; interpolation is linear, so scaling commutes with
+    it) and `DeviceNormalize`'s one affine step at the end maps them as it maps the file pipeline's batches."""
 
     def __init__(self, data_cfg: dict[str, Any], size: int, hflip: float):
         self.size, self.hflip = size, hflip
         self.small = size <= SMALL_IMAGE
-        self.mean = torch.tensor(data_cfg["mean"]).view(1, -1, 1, 1)
-        self.std = torch.tensor(data_cfg["std"]).view(1, -1, 1, 1)
+        self.normalize = DeviceNormalize(data_cfg)
 
     def __call__(self, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        x = batch.float().div_(255)
+        x = batch.float()
         x = self._pad_crop(x, g) if self.small else self._resized_crop(x, g)
         return self._flip_normalise(x, g)
 
@@ -130,11 +132,11 @@ class DeviceAugment:
         if self.small:
             side = [v2.functional.center_crop(v2.functional.resize(im, [self.size], antialias=True), [self.size])
                     for im in images]
-            return self._flip_normalise(self._pad_crop(torch.stack(side).float().div_(255), g), g)
+            return self._flip_normalise(self._pad_crop(torch.stack(side).float(), g), g)
         heights = torch.tensor([im.shape[-2] for im in images], dtype=torch.float)
         widths = torch.tensor([im.shape[-1] for im in images], dtype=torch.float)
         boxes = self._boxes(heights, widths, g)
-        crops = [roi_align(im[None].float().div_(255), [box[None].to(im.device)], output_size=self.size,
+        crops = [roi_align(im[None].float(), [box[None].to(im.device)], output_size=self.size,
                            spatial_scale=1.0, sampling_ratio=-1, aligned=True) for im, box in zip(images, boxes)]
         return self._flip_normalise(torch.cat(crops), g)
 
@@ -142,7 +144,7 @@ class DeviceAugment:
         if self.hflip > 0:
             flip = (torch.rand(x.shape[0], generator=g) < self.hflip).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return self.normalize.pixels(x)
 
     def _pad_crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         pad = max(1, self.size // 8)

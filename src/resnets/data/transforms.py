@@ -72,10 +72,14 @@ class DeviceNormalize:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             return images
-        if self.scale.device != images.device:
-            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
+        return self.pixels(images.to(torch.float32, memory_format=self.memory_format))
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise, in place, a float batch of pixel values on the 0-255 scale (a crop of uint8 images)."""
+        if self.scale.device != x.device:
+            self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
         # (x / 255 - mean) / std == (x - 255 mean) / (255 std): no separate /255 pass over the batch
-        return images.to(torch.float32, memory_format=self.memory_format).sub_(self.shift).div_(self.scale)
+        return x.sub_(self.shift).div_(self.scale)
 
 
 def train_transform(data_cfg: dict[str, Any], img_size: int | None = None, hflip: float = 0.5,
