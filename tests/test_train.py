@@ -107,6 +107,22 @@ def test_compiled_training_saves_plain_weights_and_keeps_its_compile_cache(tmp_p
     assert any((tmp_path / "cache" / "inductor").iterdir())
 
 
+@pytest.mark.parametrize("mode,cuda_graphs", [("reduce-overhead", True), ("max-autotune-no-cudagraphs", False)])
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(tmp_path, monkeypatch, mode, cuda_graphs):
+    compiled, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compiled.append(mode) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    result = resnets.train(epochs=1, img_size=16, compile=True, compile_mode=mode, output=str(tmp_path), **FAST)
+    assert compiled == [mode]
+    # CUDA graphs reuse their output memory: each training step must say that the previous one is done
+    assert len(marks) == (result.metrics["global_steps"] if cuda_graphs else 0) and result.metrics["global_steps"] > 1
+
+
+def test_compile_mode_without_compile_is_a_one_line_error(capsys):
+    code, out, err = run_cli(capsys, "train", "--compile-mode", "reduce-overhead", "--epochs", "1")
+    assert code == 2 and "add --compile" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_default_digits_run_reaches_95(tmp_path):
     """The embedded default exactly as `make demo` runs it: at least 95% validation top-1."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..caches import COMPILE_MODES
 from ..errors import ConfigError
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
     channels_last: bool | None = None  # default: on CUDA
     compile: bool = False
+    compile_mode: str = "default"  # with --compile: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs
     in_memory: bool = False  # decode the training images once into a uint8 tensor on the device and crop/flip whole batches there: no DataLoader (data that fits in memory)
     decode_on_device: bool = False  # JPEG folders: workers only read bytes; the device decodes them (nvJPEG on a GPU) and crops/flips whole batches
     cache_dir: str | None = None  # where --in-memory keeps decoded folders (keyed by the files' paths, sizes and times) and --compile its caches (default ~/.cache/resnets)
@@ -111,7 +113,7 @@ class TrainConfig:
         choices = {"dataset": ("folder", "csv", "digits", "cifar10", "cifar100"), "opt": tuple(OPTIMIZERS),
                    "sched": ("cosine", "step", "multistep", "constant"), "amp": ("auto", "bf16", "fp16", "off"),
                    "imbalance": ("none", "weights", "sampler"), "scale_lr": ("none", "linear", "sqrt"),
-                   "auto_augment": (None, "none", "rand", "trivial")}
+                   "auto_augment": (None, "none", "rand", "trivial"), "compile_mode": COMPILE_MODES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 shown = ", ".join(str(a) for a in allowed if a is not None)
@@ -144,6 +146,8 @@ class TrainConfig:
             raise ConfigError("--decode-on-device reads image files: use it with --data-dir (a folder or CSV)")
         if self.dist_timeout <= 0 or self.ddp_bucket_mb <= 0:
             raise ConfigError("dist-timeout and ddp-bucket-mb must be > 0")
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"--compile-mode {self.compile_mode} chooses how --compile compiles: add --compile")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
 

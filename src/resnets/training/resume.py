@@ -17,7 +17,7 @@ from .steps import Progress, Run
 # the same run any more). The number of processes may change too: it is not an option.
 RESUME_OVERRIDABLE = {"epochs", "resume", "output", "device", "workers", "progress", "checkpoint_every",
                       "keep_checkpoints", "log_tensorboard", "patience", "skip_nonfinite", "max_bad_fraction",
-                      "dist_timeout", "ddp_bucket_mb", "ddp_static_graph", "cache_dir"}
+                      "dist_timeout", "ddp_bucket_mb", "ddp_static_graph", "cache_dir", "compile", "compile_mode"}
 
 
 def resumed_config(cfg: TrainConfig, state: dict[str, Any], explicit: set[str]) -> TrainConfig:

@@ -66,6 +66,7 @@ class Run:
     batches_per_epoch: int  # per process, in a whole epoch
     global_batch: int  # images per batch over all processes
     dist: Distributed
+    cuda_graphs: bool = False  # compiled with CUDA graphs (--compile-mode reduce-overhead or max-autotune)
 
     def epochs_done(self, progress: Progress) -> float:
         """Training progress in (fractional) epochs, the clock of the lr schedule."""
@@ -113,6 +114,8 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
         # all-reduces their sum.
         sync = contextlib.nullcontext() if run.ddp is None or cycle_end else run.ddp.no_sync()
         with sync:
+            if run.cuda_graphs:  # a new training step: the graphs may reuse the last step's output memory
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast_context(device, run.amp):
                 logits = run.step_model(images)
                 loss = run.criterion(logits.float(), labels)

@@ -360,7 +360,8 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
     run.step_model = run.ddp or model
     if cfg.compile:
         keep_compile_cache(cfg.cache_dir)
-        run.step_model = torch.compile(run.step_model)
+        run.step_model = torch.compile(run.step_model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+        run.cuda_graphs = cfg.compile_mode in ("reduce-overhead", "max-autotune")
 
     bad_files = train_loader.bad_files
     classes_checked_at = 0  # how many broken files _require_every_class last saw
