@@ -93,9 +93,14 @@ case $phase in
     run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     run "resnet50-data-compiled" --model resnet50 --mode train --compile default --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
-    [ $left -gt 120 ] && OMP_NUM_THREADS=2 timeout $left python3 -m pytest -q -n 6 -rfE -p no:cacheprovider \
-      tests/test_device_decode.py tests/test_train.py tests/test_bench.py tests/test_optim.py 2>&1 \
-      | grep -v "Benchmark\|warner(" | tee "$out/tests.log" | tail -15
+    [ $left -gt 120 ] && OMP_NUM_THREADS=2 timeout $(( left > 300 ? left - 150 : left )) python3 -m pytest -q -n 6 \
+      -rfE -p no:cacheprovider tests/test_device_decode.py tests/test_train.py tests/test_bench.py tests/test_optim.py \
+      2>&1 | grep -v "Benchmark\|warner(" | tee "$out/tests.log" | tail -15
+    left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
+    echo "=== the trainer with CUDA graphs: resnet50, 1 epoch of /tmp/jpegs ($left s left)"
+    [ $left -gt 60 ] && timeout $left python3 -m resnets train --data-dir /tmp/jpegs --model resnet50 --epochs 1 \
+      -b 256 -j 16 --compile --compile-mode reduce-overhead --output /tmp/runs --no-progress 2>&1 \
+      | grep -v "Warn" | tail -6 | tee "$out/train-cudagraphs.txt"
     ;;
   compiled)
     run "resnet50-infer-compiled" --model resnet50 --mode infer --compile default --compare timm --rounds 2
