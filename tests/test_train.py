@@ -66,6 +66,18 @@ def test_default_config_is_the_digits_demo():
     assert cfg.dataset == "digits" and cfg.model.startswith("cifar_") and cfg.hflip == 0.0
 
 
+@pytest.mark.parametrize("cores,local_procs,device,expected", [
+    (16, 1, "cuda", 16), (64, 1, "cuda", 16), (16, 2, "cuda", 8), (16, 1, "cpu", 8), (2, 1, "cpu", 2), (1, 2, "cuda", 1)])
+def test_default_loader_workers_feed_a_gpu_with_every_core(monkeypatch, cores, local_procs, device, expected):
+    from resnets.training.config import default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_procs))
+    assert default_workers(device) == expected
+    assert TrainConfig(data_dir="x").resolved().workers is None  # resolved by the trainer, once the device is known
+    assert TrainConfig().resolved().workers == 0  # digits: in-memory tensors, no loader processes
+
+
 def test_default_digits_run_short(tmp_path, monkeypatch):
     """The default run shortened (3 epochs at 16 px instead of 8 at 32): already far above chance (10%)."""
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)

@@ -35,7 +35,7 @@ from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
 from .checkpoint import (abandon_newer_states, find_resume, load_resume_state, remove_stray_temp_files, rng_state,
                          save_resume_state, seed_everything)
-from .config import TrainConfig, make_config
+from .config import TrainConfig, default_workers, make_config
 from .distributed import (Distributed, convert_sync_bn, elastic_restart_count, elastic_run_id, init_distributed,
                           wrap_model)
 from .loop import EvalResult, evaluate, merge_results
@@ -293,6 +293,8 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
         if resumed["progress"]["epoch"] > cfg.epochs:
             raise TrainingError(f"{run_dir} has already trained {resumed['progress']['epoch'] - 1} epochs; "
                                 f"raise --epochs to train on")
+    if cfg.workers is None:
+        cfg = dataclasses.replace(cfg, workers=default_workers(device.type))
     if cfg.deterministic:
         make_deterministic()
     else:
