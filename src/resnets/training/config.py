@@ -159,8 +159,8 @@ class TrainConfig:
 
 def default_workers(device_type: str) -> int:
     """Loader processes when -j is not given. Feeding a GPU: every core of this process's share, at most 16
-    (on the 16-core H100 machine, 16 workers decoded and augmented about 11,000 JPEGs/s, about 690 each, and
-    the compiled ResNet-50 step takes about 5,700 img/s: 8 workers would leave it waiting). Training on the
+    (on the 16-core H100 machine, 16 workers decoded and augmented about 11,000 JPEGs/s, about 690 each; 8
+    at that rate, about 5,500, would be fewer than the compiled ResNet-50 step's 5,700 img/s). Training on the
     CPU: at most 8, since every worker takes a core from the training threads. Under torchrun the node's cores
     are shared by its LOCAL_WORLD_SIZE processes."""
     cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
