@@ -65,9 +65,11 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys, monkeypatch, flag, ex
     (["--model", "resnet18", "--data", "/nonexistent/folder"], "not a folder of images"),
     (["--model", "resnet18", "--data", ".", "--mode", "infer"], "use it with --mode train"),
     (["--model", "resnet18", "--compile", "default", "--inductor", "no_such_knob=1"], "has no such setting"),
-    (["--model", "resnet18", "--compile", "default", "--inductor", "conv_1x1_as_mm=3"], "expected a bool"),
+    (["--model", "resnet18", "--compile", "default", "--inductor", "conv_1x1_as_mm=3"], "expected type bool"),
     (["--model", "resnet18", "--compile", "default", "--inductor", "conv_1x1_as_mm"], "expected KEY=VALUE"),
     (["--model", "resnet18", "--inductor", "conv_1x1_as_mm=true"], "use it with --compile"),
+    (["--model", "resnet18", "--compile", "default", "--inductor", "precompilation_timeout_seconds=true"],
+     "expected type int"),  # True is an int to isinstance, not to an int setting
 ])
 def test_bench_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code = main(["bench", "--device", "cpu", "-b", "1", *argv])
@@ -146,3 +148,13 @@ def test_inductor_settings_hold_while_compiling_and_timing_and_are_recorded(tmp_
     assert json.loads((tmp_path / "b.json").read_text())["settings"]["inductor"] == {"conv_1x1_as_mm": True,
                                                                                    "freezing": True}
     assert not config.conv_1x1_as_mm and not config.freezing  # the process's own settings are back
+
+
+def test_inductor_values_are_read_as_the_setting_needs():
+    from resnets.bench import check_inductor_settings, parse_inductor_settings
+
+    changes = parse_inductor_settings(["cpu_gpu_bw=1e-3", "max_autotune_subproc_result_timeout_seconds=30",
+                                       "conv_1x1_as_mm=true"])
+    assert changes == {"cpu_gpu_bw": 0.001, "max_autotune_subproc_result_timeout_seconds": 30,
+                       "conv_1x1_as_mm": True}  # 1e-3 is text to YAML 1.1; a float setting takes it as a number
+    check_inductor_settings(changes)  # an int for a float setting is fine

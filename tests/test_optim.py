@@ -21,17 +21,13 @@ def test_every_optimizer_is_fused_where_torch_has_the_kernel(name):
     assert sum(len(g["params"]) for g in opt.param_groups) == 2
 
 
-def test_without_a_fused_kernel_the_default_implementation_gets_every_parameter():
-    class NoFusedKernel(torch.optim.SGD):  # what torch raises for a device it has no fused kernel for
-        def __init__(self, params, fused=None, **kwargs):
-            if fused:
-                raise RuntimeError("`fused=True` requires all the params to be ... of supported devices")
-            super().__init__(params, **kwargs)
-
-    model = torch.nn.Linear(4, 2)
-    opt = fused_optimizer(NoFusedKernel, model.parameters(), lr=0.1)  # a generator: must not run dry on the retry
-    assert not opt.defaults.get("fused")
-    assert len(opt.param_groups[0]["params"]) == 2
+def test_parameters_without_a_fused_kernel_get_the_default_implementation():
+    # torch checks fused=True against the device only at the first step(): the choice must be made before
+    params = (torch.nn.Parameter(torch.zeros(3, device="meta")) for _ in range(2))  # a generator: used twice
+    opt = fused_optimizer(torch.optim.SGD, params, lr=0.1, momentum=0.9)
+    assert not opt.defaults.get("fused") and len(opt.param_groups[0]["params"]) == 2
+    opt.param_groups[0]["params"][0].grad = torch.zeros(3, device="meta")
+    opt.step()  # with fused=True this raises "`fused=True` requires all the params to be ... supported devices"
 
 
 def test_a_resumed_state_keeps_this_machines_optimizer_implementation():
@@ -48,3 +44,24 @@ def test_a_resumed_state_keeps_this_machines_optimizer_implementation():
     assert all(g["fused"] == optimizer.defaults["fused"] for g in optimizer.param_groups)
     momentum = saved.state_dict()["state"][0]["momentum_buffer"]
     assert torch.equal(optimizer.state_dict()["state"][0]["momentum_buffer"], momentum)  # the state itself is loaded
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the step counters' device matters on a GPU"))])
+def test_adam_resumed_from_an_unfused_state_steps_with_its_counters_on_the_parameters_device(device, monkeypatch):
+    model = torch.nn.Linear(4, 2).to(device)
+    saved = torch.optim.Adam(model.parameters(), lr=0.1)  # an older resnets: not fused
+    model(torch.randn(3, 4, device=device)).sum().backward()
+    saved.step()
+    state = dict(model=model.state_dict(), optimizer=saved.state_dict(), progress=dataclasses.asdict(Progress()),
+                 rng=rng_state())
+    optimizer = fused_optimizer(torch.optim.Adam, model.parameters(), lr=0.1)
+    loaded = []
+    real_load = optimizer.load_state_dict
+    monkeypatch.setattr(optimizer, "load_state_dict", lambda sd: loaded.append(sd) or real_load(sd))
+    restore(SimpleNamespace(model=model, optimizer=optimizer, ema=None, global_batch=32,
+                            dist=SimpleNamespace(world_size=1, rank=0)), state, seed=0)
+    # fused before loading: torch places the step counters by the loaded groups' flags
+    assert all(g["fused"] is True for g in loaded[0]["param_groups"])
+    assert all(s["step"].device == model.weight.device for s in optimizer.state.values())
+    optimizer.step()  # on CUDA the unfused placement failed here: "Expected all tensors to be on the same device"

@@ -130,9 +130,23 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(tmp_
     assert len(marks) == (result.metrics["global_steps"] if cuda_graphs else 0) and result.metrics["global_steps"] > 1
 
 
-def test_compile_mode_without_compile_is_a_one_line_error(capsys):
-    code, out, err = run_cli(capsys, "train", "--compile-mode", "reduce-overhead", "--epochs", "1")
-    assert code == 2 and "add --compile" in err and len(err.strip().splitlines()) == 1
+@pytest.mark.parametrize("argv,needle", [
+    (["--compile-mode", "reduce-overhead"], "add --compile"),
+    (["--compile", "--compile-mode", "reduce-overhead", "--accum-steps", "2"], "cannot accumulate gradients"),
+])
+def test_compile_mode_mistakes_are_one_line_errors(capsys, argv, needle):
+    code, out, err = run_cli(capsys, "train", "--epochs", "1", *argv)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_compiled_with_cuda_graphs_resumes_without_compiling():
+    from resnets.training.resume import resumed_config
+
+    saved = TrainConfig(compile=True, compile_mode="reduce-overhead").resolved().to_dict()
+    cfg = resumed_config(TrainConfig(compile=False), {"config": saved}, explicit={"compile"})
+    assert not cfg.compile and cfg.compile_mode == "default"
+    cfg = resumed_config(TrainConfig(), {"config": saved}, explicit=set())
+    assert cfg.compile and cfg.compile_mode == "reduce-overhead"  # not asked: the run's own
 
 
 @pytest.mark.slow

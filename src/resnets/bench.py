@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .caches import COMPILE_MODES, keep_compile_cache
+from .caches import COMPILE_MODES, CUDA_GRAPH_MODES, compile_mode_arg, keep_compile_cache
 from .errors import ConfigError
 
 REFERENCE_LIBS = ("torchvision", "timm")
@@ -118,7 +118,7 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
             # cuDNN converts layouts on every call (measured 10% slower on an H100).
             memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
             model = fold_batchnorm(model).to(low_precision, memory_format=memory_format)
-        forward = torch.compile(model, mode=None if s.compile == "default" else s.compile) if s.compile != "off" else model
+        forward = torch.compile(model, mode=compile_mode_arg(s.compile)) if s.compile != "off" else model
 
         def infer(x: torch.Tensor, y: torch.Tensor) -> None:
             if fold:
@@ -138,9 +138,11 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
                  else torch.optim.SGD(model.parameters(), **opt_kwargs))
     forward = model
     if s.compile != "off":
-        forward = torch.compile(model, mode=None if s.compile == "default" else s.compile)
+        forward = torch.compile(model, mode=compile_mode_arg(s.compile))
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if s.compile in CUDA_GRAPH_MODES:  # as the trainer: a new step, the graphs may reuse the last one's memory
+            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(device, s.amp):
             loss = F.cross_entropy(forward(x), y)
         loss.backward()
@@ -153,13 +155,20 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
 def parse_inductor_settings(items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings (VALUE read as YAML: true, 8, 0.5, text) -> torch._inductor.config changes."""
     import yaml
+    from torch._inductor import config
 
     changes: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--inductor {item!r}: expected KEY=VALUE, e.g. conv_1x1_as_mm=true")
-        changes[key] = yaml.safe_load(text)
+        value = yaml.safe_load(text)
+        if isinstance(value, str) and type(getattr(config, key, None)) is float:
+            try:  # YAML 1.1 reads 1e-3 (no dot) as text
+                value = float(value)
+            except ValueError:
+                pass
+        changes[key] = value
     return changes
 
 
@@ -171,10 +180,15 @@ def check_inductor_settings(changes: dict[str, Any]) -> None:
         if not hasattr(config, key):
             raise ConfigError(f"--inductor {key}: torch._inductor.config has no such setting")
         current = getattr(config, key)
-        if isinstance(current, (bool, int, float, str)) and not isinstance(value, type(current)):
-            if not (type(current) is float and type(value) is int):
-                raise ConfigError(f"--inductor {key}={value!r}: expected a {type(current).__name__} "
-                                  f"(it is {current!r} now)")
+        if type(current) in (bool, int, float, str) and not _fits(value, type(current)):
+            raise ConfigError(f"--inductor {key}={value!r}: expected type {type(current).__name__} "
+                              f"(it is {current!r} now)")
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is float:
+        return type(value) in (int, float)
+    return type(value) is kind  # exact: True is an int to isinstance, not to an int setting
 
 
 @contextlib.contextmanager

@@ -9,6 +9,12 @@ from pathlib import Path
 
 # torch.compile's modes: reduce-overhead adds CUDA graphs; max-autotune times Triton kernels and adds CUDA graphs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode_arg(mode: str) -> str | None:
+    """torch.compile's `mode` argument for one of COMPILE_MODES ("default" is None there)."""
+    return None if mode == "default" else mode
 
 _SET_HERE: set[str] = set()  # values this process gave TORCHINDUCTOR_CACHE_DIR: not the user's choice either
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..caches import COMPILE_MODES
+from ..caches import COMPILE_MODES, CUDA_GRAPH_MODES
 from ..errors import ConfigError
 
 
@@ -146,6 +146,10 @@ class TrainConfig:
             raise ConfigError("dist-timeout and ddp-bucket-mb must be > 0")
         if self.compile_mode != "default" and not self.compile:
             raise ConfigError(f"--compile-mode {self.compile_mode} chooses how --compile compiles: add --compile")
+        if self.compile and self.compile_mode in CUDA_GRAPH_MODES and self.accum_steps > 1:
+            # the first backward of a cycle would put the gradients in memory the next graph replay reuses
+            raise ConfigError(f"--compile-mode {self.compile_mode} (CUDA graphs) cannot accumulate gradients: "
+                              f"drop --accum-steps or use --compile-mode default")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
 

@@ -20,15 +20,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def fused_optimizer(cls: type[torch.optim.Optimizer], params: Iterable, **kwargs) -> torch.optim.Optimizer:
-    """`cls(params, fused=True, ...)` where torch has the fused kernel for the parameters' device (CUDA, and the
-    CPU since torch 2.4), else the default implementation. Fused: one kernel over all parameters instead of a
-    loop of small ones per tensor; ResNet-50's SGD step on this project's 2-core CPU took 13 ms fused, 26 ms
-    by default."""
+    """`cls(params, fused=True, ...)` where torch has the fused kernel for every parameter's device and dtype
+    (CUDA, and the CPU since torch 2.4), else the default implementation. Fused: one kernel over all
+    parameters instead of a loop of small ones per tensor; ResNet-50's SGD step on this project's 2-core CPU
+    took 13 ms fused, 26 ms by default."""
     params = list(params)
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    # torch checks the devices only at the first step(), so a wrong choice would fail the run there
+    if not all(p.device.type in _fused_kernel_devices() and p.is_floating_point() for p in tensors):
+        return cls(params, **kwargs)
     try:
         return cls(params, fused=True, **kwargs)
-    except RuntimeError:  # "`fused=True` requires all the params to be ... of supported devices"
+    except RuntimeError:  # an option the fused kernel lacks, in some torch version
         return cls(params, **kwargs)
+
+
+def _fused_kernel_devices() -> set[str]:
+    try:  # private, but the list torch's own fused-kernel check uses
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return {"cuda"}
+    return set(_get_fused_kernels_supported_devices())
 
 
 OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {

@@ -29,6 +29,8 @@ def resumed_config(cfg: TrainConfig, state: dict[str, Any], explicit: set[str]) 
                           f"{', '.join(conflicting)} (only {', '.join(sorted(RESUME_OVERRIDABLE - {'resume'}))} "
                           f"may change)")
     keep = {k: getattr(cfg, k) for k in (explicit & RESUME_OVERRIDABLE) | {"resume", "output"}}
+    if keep.get("compile") is False and "compile_mode" not in keep:
+        keep["compile_mode"] = "default"  # --no-compile drops the saved run's compile mode with it
     return dataclasses.replace(saved, **keep).resolved()
 
 
@@ -45,9 +47,11 @@ def resume_state(run: Run, progress: Progress, history: list[dict[str, Any]], cf
 def restore(run: Run, state: dict[str, Any], seed: int) -> Progress:
     """Model, optimizer, scaler, EMA and RNG of `state` into `run`; the progress to go on from."""
     run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    for group in run.optimizer.param_groups:  # how to step is this machine's choice, not the saved one's
-        group.update({k: run.optimizer.defaults[k] for k in ("fused", "foreach") if k in run.optimizer.defaults})
+    # How to step is this machine's choice, not the saved one's; set before loading, since loading places
+    # Adam's step counters on the parameters' device only for groups that say fused
+    mine = {k: run.optimizer.defaults[k] for k in ("fused", "foreach") if k in run.optimizer.defaults}
+    saved = state["optimizer"]
+    run.optimizer.load_state_dict({**saved, "param_groups": [{**g, **mine} for g in saved["param_groups"]]})
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     if run.ema is not None and state.get("ema"):

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from ..analysis.flops import check_img_size
-from ..caches import keep_compile_cache
+from ..caches import CUDA_GRAPH_MODES, compile_mode_arg, keep_compile_cache
 from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, Unreadable, collate_skipping
 from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
 from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
@@ -212,6 +212,9 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
 
     Example: `resnets.train(model="resnet18", data_dir="photos/", epochs=20, lr=0.05)`. Under
     `torchrun --nproc_per_node N -m resnets train ...` each process calls this and trains its share.
+    Like torchvision's and timm's training scripts it sets process-wide switches, and leaves them set:
+    `torch.backends.cudnn.benchmark` (on; off with `deterministic=True`, which also turns on
+    `torch.use_deterministic_algorithms`).
     """
     defaults = TrainConfig()
     explicit = set(overrides) | ({k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(defaults, k)}
@@ -362,8 +365,8 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
     run.step_model = run.ddp or model
     if cfg.compile:
         keep_compile_cache(cfg.cache_dir)
-        run.step_model = torch.compile(run.step_model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-        run.cuda_graphs = cfg.compile_mode in ("reduce-overhead", "max-autotune")
+        run.step_model = torch.compile(run.step_model, mode=compile_mode_arg(cfg.compile_mode))
+        run.cuda_graphs = cfg.compile_mode in CUDA_GRAPH_MODES
 
     bad_files = train_loader.bad_files
     classes_checked_at = 0  # how many broken files _require_every_class last saw
