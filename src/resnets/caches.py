@@ -16,6 +16,7 @@ def compile_mode_arg(mode: str) -> str | None:
     """torch.compile's `mode` argument for one of COMPILE_MODES ("default" is None there)."""
     return None if mode == "default" else mode
 
+
 _SET_HERE: set[str] = set()  # values this process gave TORCHINDUCTOR_CACHE_DIR: not the user's choice either
 
 

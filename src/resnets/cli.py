@@ -46,20 +46,19 @@ def cmd_design(args: argparse.Namespace) -> int:
 
 def bench_data_stages(settings, args: argparse.Namespace) -> list[dict]:
     """Per-stage img/s from the folder `args.data` to resnets' training step (bench_data.py)."""
-    import os
-
     import torch
 
     from .bench import make_step
     from .bench_data import run_data_bench
     from .models import create_model
     from .tasks.common import resolve_device
+    from .training.config import default_workers
 
     device = resolve_device(settings.device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = create_model(settings.model, num_classes=settings.num_classes).to(device, memory_format=memory_format)
     step = make_step(model, settings, device, fused=True)
-    workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
+    workers = args.workers if args.workers is not None else default_workers(device.type)  # as the trainer
     stages = run_data_bench(settings.model, args.data, device, settings.batch_size, settings.img_size,
                             settings.steps, workers, lambda x, y: step(x.contiguous(memory_format=memory_format), y),
                             settings.warmup, log=lambda m: print(m, file=sys.stderr),
@@ -149,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="synthetic",
                    help="synthetic (random tensors on the device), or a folder of images: also time each stage of "
                         "the input pipeline (files, in-memory store, device augmentation) into the training step")
-    p.add_argument("-j", "--workers", type=int, default=None, help="loader processes for --data DIR [default: cores, at most 16]")
+    p.add_argument("-j", "--workers", type=int, default=None, help="loader processes for --data DIR [default: resnets train's: the cores, "
+                        "at most 16 feeding a GPU, 8 on the CPU]")
     p.add_argument("--compare", default="", help="comma-separated: torchvision,timm")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full report (every step time)")
     p.set_defaults(func=cmd_bench)

@@ -27,7 +27,8 @@ def fused_optimizer(cls: type[torch.optim.Optimizer], params: Iterable, **kwargs
     params = list(params)
     tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
     # torch checks the devices only at the first step(), so a wrong choice would fail the run there
-    if not all(p.device.type in _fused_kernel_devices() and p.is_floating_point() for p in tensors):
+    devices = _fused_kernel_devices()
+    if not all(p.device.type in devices and p.is_floating_point() for p in tensors):
         return cls(params, **kwargs)
     try:
         return cls(params, fused=True, **kwargs)
