@@ -65,3 +65,31 @@ def test_adam_resumed_from_an_unfused_state_steps_with_its_counters_on_the_param
     assert all(g["fused"] is True for g in loaded[0]["param_groups"])
     assert all(s["step"].device == model.weight.device for s in optimizer.state.values())
     optimizer.step()  # on CUDA the unfused placement failed here: "Expected all tensors to be on the same device"
+
+
+@pytest.mark.parametrize("name", ["sgd", "nesterov"])
+def test_a_skipped_first_step_leaves_fused_sgd_as_the_default_implementation_would(name):
+    # torch's fused SGD allocates its momentum uninitialised on the first step and leaves it so when that step
+    # is skipped (found_inf): a routine fp16 overflow at the initial loss scale then poisoned every later step
+    torch.manual_seed(0)
+    fused_model, plain_model = torch.nn.Linear(64, 8), torch.nn.Linear(64, 8)
+    plain_model.load_state_dict(fused_model.state_dict())
+    cfg = TrainConfig(opt=name, weight_decay=0.0)
+    fused = make_optimizer(fused_model, cfg)
+    plain = torch.optim.SGD(plain_model.parameters(), lr=cfg.lr,
+                            momentum=cfg.momentum, nesterov=name == "nesterov", foreach=False)
+    assert fused.defaults["fused"] is True
+    scalers = {id(fused): torch.amp.GradScaler("cpu"), id(plain): torch.amp.GradScaler("cpu")}
+    x = torch.randn(16, 64)
+    for step in range(4):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            scaler = scalers[id(optimizer)]
+            loss = model(x).square().mean() * (float("inf") if step == 0 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        if step == 0:
+            assert torch.equal(fused_model.weight, plain_model.weight)  # the overflowing step changed nothing
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

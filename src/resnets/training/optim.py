@@ -31,9 +31,23 @@ def fused_optimizer(cls: type[torch.optim.Optimizer], params: Iterable, **kwargs
     if not all(p.device.type in devices and p.is_floating_point() for p in tensors):
         return cls(params, **kwargs)
     try:
-        return cls(params, fused=True, **kwargs)
+        optimizer = cls(params, fused=True, **kwargs)
     except RuntimeError:  # an option the fused kernel lacks, in some torch version
         return cls(params, **kwargs)
+    if isinstance(optimizer, torch.optim.SGD):
+        _start_momentum_at_zero(optimizer)
+    return optimizer
+
+
+def _start_momentum_at_zero(optimizer: torch.optim.SGD) -> None:
+    """Give fused SGD its momentum buffers before the first step. Its first step otherwise allocates them
+    uninitialised and relies on the kernel to fill them; a first step that is skipped (GradScaler's overflow
+    at the initial fp16 scale, or resnets' non-finite guard) leaves them as garbage that every later step
+    then adds in. Zeros give the same first step: buffer = momentum * 0 + gradient (without dampening)."""
+    for group in optimizer.param_groups:
+        if group["momentum"] > 0 and group["dampening"] == 0:
+            for p in group["params"]:
+                optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
 
 
 def _fused_kernel_devices() -> set[str]:
