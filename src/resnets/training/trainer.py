@@ -38,6 +38,7 @@ from .checkpoint import (abandon_newer_states, find_resume, load_resume_state, r
 from .config import TrainConfig, default_workers, make_config
 from .distributed import (Distributed, convert_sync_bn, elastic_restart_count, elastic_run_id, init_distributed,
                           wrap_model)
+from .ema import ModelEma
 from .loop import EvalResult, evaluate, merge_results
 from .optim import make_optimizer, scaled_lr
 from .plots import plot_curves
@@ -338,8 +339,7 @@ def _train(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch
     global_batch = cfg.batch_size * ctx.world_size
     ema = None
     if cfg.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        ema = ModelEma(model, cfg.ema_decay)
     run = Run(model=model, step_model=model, ddp=None, optimizer=make_optimizer(model, cfg),
               base_lr=scaled_lr(cfg, global_batch * cfg.accum_steps),
               scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), ema=ema,
