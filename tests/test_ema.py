@@ -62,8 +62,22 @@ def test_a_loaded_state_goes_on_where_it_stopped(updates):
         saved.update_parameters(model)
     ema = ModelEma(resnets.create_model("cifar_resnet20", num_classes=3), 0.5)
     ema.load_state_dict(saved.state_dict())
-    assert ema.started == (updates > 0)
     _train_a_little(model, 9)
     saved.update_parameters(model)
     ema.update_parameters(model)
     assert torch.equal(ema.module.fc.weight, saved.module.fc.weight)
+
+
+def test_a_skipped_step_leaves_the_average_as_it_is_and_a_kept_one_updates_it():
+    model = resnets.create_model("cifar_resnet20", num_classes=3)
+    ema, plain = ModelEma(model, 0.9), ModelEma(model, 0.9)
+    for seed in range(3):
+        _train_a_little(model, seed)
+        before = {k: v.clone() for k, v in ema.state_dict().items()}
+        ema.update_parameters(model, skip=torch.tensor(1.0))  # the step before it was skipped
+        after = ema.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
+        assert torch.equal(before["n_averaged"], after["n_averaged"])
+        ema.update_parameters(model, skip=torch.tensor(0.0))
+        plain.update_parameters(model)
+        assert all(torch.allclose(a, b) for a, b in zip(ema.state_dict().values(), plain.state_dict().values()))
