@@ -35,7 +35,7 @@ from ..caches import default_cache_dir
 from ..errors import ConfigError
 from ..fileio import atomic_write_to
 from .bad_files import BadFiles, collate_skipping
-from .transforms import SMALL_IMAGE, DeviceNormalize, _interpolation, image_size
+from .transforms import SMALL_IMAGE, DeviceNormalize, _interpolation, image_size, to_device
 
 STORE_FORMAT = 1  # part of every cache key: a change of how images are stored invalidates old caches
 
@@ -135,14 +135,14 @@ class DeviceAugment:
             return self._flip_normalise(self._pad_crop(torch.stack(side).float(), g), g)
         heights = torch.tensor([im.shape[-2] for im in images], dtype=torch.float)
         widths = torch.tensor([im.shape[-1] for im in images], dtype=torch.float)
-        boxes = self._boxes(heights, widths, g)
-        crops = [roi_align(im[None].float(), [box[None].to(im.device)], output_size=self.size,
-                           spatial_scale=1.0, sampling_ratio=-1, aligned=True) for im, box in zip(images, boxes)]
+        boxes = to_device(self._boxes(heights, widths, g), images[0].device)  # one copy, not one per image
+        crops = [roi_align(im[None].float(), [boxes[i:i + 1]], output_size=self.size,
+                           spatial_scale=1.0, sampling_ratio=-1, aligned=True) for i, im in enumerate(images)]
         return self._flip_normalise(torch.cat(crops), g)
 
     def _flip_normalise(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.hflip > 0:
-            flip = (torch.rand(x.shape[0], generator=g) < self.hflip).to(x.device)
+            flip = to_device(torch.rand(x.shape[0], generator=g) < self.hflip, x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return self.normalize.pixels(x)
 
@@ -150,7 +150,7 @@ class DeviceAugment:
         pad = max(1, self.size // 8)
         x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         b = x.shape[0]
-        top, left = (torch.randint(0, 2 * pad + 1, (2, b), generator=g)).to(x.device)
+        top, left = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=g), x.device)
         span = torch.arange(self.size, device=x.device)
         rows, cols = top[:, None] + span, left[:, None] + span  # (B, size) each
         x = x[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
@@ -177,7 +177,7 @@ class DeviceAugment:
     def _resized_crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, height, width = x.shape[0], x.shape[-2], x.shape[-1]
         boxes = self._boxes(torch.full((b,), float(height)), torch.full((b,), float(width)), g)
-        boxes = torch.cat([torch.arange(b, dtype=torch.float)[:, None], boxes], 1).to(x.device)
+        boxes = to_device(torch.cat([torch.arange(b, dtype=torch.float)[:, None], boxes], 1), x.device)
         # sampling_ratio=-1 averages ceil(box / output) samples per output pixel: downscaling does not alias.
         return roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
@@ -196,7 +196,8 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.tensor([index for _, index in self.sampler], dtype=torch.long, device=self.store.images.device)
+        order = torch.tensor([index for _, index in self.sampler], dtype=torch.long)
+        order = to_device(order, self.store.images.device)
         for k in range(len(self)):
             index = order[k * self.batch_size:(k + 1) * self.batch_size]
             g = self.sampler.batch_generator(k, self.batch_size)

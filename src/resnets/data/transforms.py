@@ -59,6 +59,15 @@ def _to_normalized(data_cfg: dict[str, Any]) -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data_cfg["mean"]), list(data_cfg["std"]))]
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (random crop boxes, flips, an epoch's order) on `device` without a host sync:
+    `.to("cuda")` from ordinary memory waits for the device's queue to drain, stalling the training step
+    behind it; from pinned memory the copy is queued like a kernel."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class DeviceNormalize:
     """uint8 (B, C, H, W) batches from `normalize=False` transforms -> normalised float32 on their device,
     in the model's memory format. Float batches (normalised by their transform) pass as they are."""
@@ -77,7 +86,7 @@ class DeviceNormalize:
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise, in place, a float batch of pixel values on the 0-255 scale (a crop of uint8 images)."""
         if self.scale.device != x.device:
-            self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
+            self.scale, self.shift = to_device(self.scale, x.device), to_device(self.shift, x.device)
         # (x / 255 - mean) / std == (x - 255 mean) / (255 std): no separate /255 pass over the batch
         return x.sub_(self.shift).div_(self.scale)
 
