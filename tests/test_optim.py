@@ -93,3 +93,34 @@ def test_a_skipped_first_step_leaves_fused_sgd_as_the_default_implementation_wou
             assert torch.equal(fused_model.weight, plain_model.weight)  # the overflowing step changed nothing
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_step_flagged_on_the_device_changes_nothing_and_an_unflagged_one_steps(name, fused, monkeypatch):
+    from resnets.training.optim import step_unless
+
+    torch.manual_seed(0)
+    model, twin = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    twin.load_state_dict(model.state_dict())
+    optimizer, reference = make_optimizer(model, TrainConfig(opt=name)), make_optimizer(twin, TrainConfig(opt=name))
+    if not fused:  # as on a device without torch's fused kernel
+        for opt in (optimizer, reference):
+            opt.defaults["fused"] = False
+            for group in opt.param_groups:
+                group["fused"] = False
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x = torch.randn(16, 8)
+    for step in range(3):
+        model(x).square().mean().backward()
+        if fused:  # decided on the device: the flag is never read on the host
+            monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("read on the host"))
+        step_unless(optimizer, scaler, torch.tensor(float(step == 1)))  # the second step is skipped
+        monkeypatch.undo()
+        optimizer.zero_grad(set_to_none=True)
+        if step != 1:
+            twin(x).square().mean().backward()
+            reference.step()
+            reference.zero_grad(set_to_none=True)
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+    assert not hasattr(optimizer, "found_inf")

@@ -58,6 +58,24 @@ def _fused_kernel_devices() -> set[str]:
     return set(_get_fused_kernels_supported_devices())
 
 
+def step_unless(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, skip: torch.Tensor) -> None:
+    """One optimizer step that changes nothing (parameters, momentum, Adam's counters) where the 0-dim
+    device flag `skip` is 1, decided on the device where the optimizer can: torch's fused kernels take the
+    flag as the `found_inf` attribute that GradScaler hands them. Other optimizers read it on the host."""
+    if scaler.is_enabled():
+        # fp16: a non-finite loss gives non-finite gradients, which the scaler finds and skips on its own
+        scaler.step(optimizer)
+        scaler.update()
+    elif optimizer.defaults.get("fused") and getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = skip.to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not skip.item():
+        optimizer.step()
+
+
 OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
     "sgd": lambda groups, c: fused_optimizer(torch.optim.SGD, groups, lr=c.lr, momentum=c.momentum),
     "nesterov": lambda groups, c: fused_optimizer(torch.optim.SGD, groups, lr=c.lr, momentum=c.momentum, nesterov=True),

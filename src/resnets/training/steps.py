@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -17,7 +18,7 @@ from ..errors import ResnetsError
 from .config import TrainConfig
 from .distributed import Distributed
 from .loop import autocast_context, topk_hits
-from .optim import lr_factor, set_lr
+from .optim import lr_factor, set_lr, step_unless
 
 
 class TrainingError(ResnetsError):
@@ -80,10 +81,40 @@ def _freeze_bn_statistics(model: nn.Module) -> None:
             m.eval()
 
 
+@dataclass
+class _StepReport:
+    """What one batch tells the host: loss x n, top-1 and top-5 hits, n, non-finite flag (summed over the
+    processes), copied without waiting; `ready` says when the copy has landed (None: it is there)."""
+
+    stats: torch.Tensor | None  # None: a batch no process had a readable image of
+    ready: torch.cuda.Event | None
+    batch_in_epoch: int
+    cycle_end: bool  # the last batch of an accumulation cycle: its optimizer step follows it
+
+    def values(self) -> list[float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.stats.tolist()  # type: ignore[union-attr]
+
+
+def _report(stats: torch.Tensor, batch_in_epoch: int, cycle_end: bool) -> _StepReport:
+    if stats.device.type != "cuda":
+        return _StepReport(stats.cpu(), None, batch_in_epoch, cycle_end)
+    host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+    host.copy_(stats, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return _StepReport(host, ready, batch_in_epoch, cycle_end)
+
+
 def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Progress,
                     checkpoint: Callable[[], None]) -> dict[str, float]:
     """Train from `progress.samples_in_epoch` to the end of `progress.epoch`; `checkpoint()` every
-    `cfg.checkpoint_every` optimizer steps. `loader` yields this process's share of the rest of the epoch."""
+    `cfg.checkpoint_every` optimizer steps. `loader` yields this process's share of the rest of the epoch.
+
+    No host sync per step: the non-finite guard skips a step on the device (`step_unless`), and each
+    batch's numbers reach the host one batch late, read once the next batch's work is queued, so the GPU
+    always has a step to run while the host waits. A non-finite loss skips its whole accumulation cycle."""
     model, optimizer, device, ctx = run.model, run.optimizer, run.device, run.dist
     model.train()
     if cfg.freeze_backbone:  # frozen statistics too: BN layers of a frozen backbone stay in eval mode
@@ -92,6 +123,41 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
     remaining = len(loader)  # type: ignore[arg-type]
     bar = tqdm(loader, desc=f"epoch {progress.epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                disable=None if cfg.progress and ctx.is_main else True, file=sys.stderr)
+    pending: deque[_StepReport] = deque()
+    cycle_skip: torch.Tensor | None = None  # device flag: a batch of this accumulation cycle was non-finite
+    read_cycle = dict(poisoned=False, batches=0)  # the same, on the host, for the cycle being read
+    saved_at = -1  # the global step last checkpointed
+
+    def read(report: _StepReport) -> None:  # in batch order
+        if report.stats is not None:
+            loss_sum, c1, c5, seen, nonfinite = report.values()
+            read_cycle["batches"] += 1
+            if nonfinite:  # on any process: the gradients averaged with it were poisoned on every process
+                read_cycle["poisoned"] = True
+                where = f"epoch {progress.epoch}, step {progress.global_step + 1} (batch {report.batch_in_epoch})"
+                if progress.nonfinite_in_a_row >= cfg.skip_nonfinite:
+                    loss = loss_sum / seen if ctx.world_size == 1 and seen else "non-finite"
+                    raise TrainingError(f"loss became {loss} at {where}; try a lower --lr, --clip-grad, or "
+                                        f"--skip-nonfinite N")
+                progress.nonfinite_in_a_row += 1
+                if ctx.is_main:
+                    print(f"warning: skipped a non-finite loss at {where} "
+                          f"({progress.nonfinite_in_a_row} in a row, at most {cfg.skip_nonfinite})", file=sys.stderr)
+            else:
+                progress.nonfinite_in_a_row = 0
+                progress.loss_sum += loss_sum
+                progress.correct1, progress.correct5 = progress.correct1 + int(c1), progress.correct5 + int(c5)
+                progress.seen += int(seen)
+        if report.cycle_end:
+            if read_cycle["batches"] and not read_cycle["poisoned"]:
+                progress.global_step += 1
+            read_cycle.update(poisoned=False, batches=0)
+        progress.seconds = time.perf_counter() - start
+        if progress.seen:
+            bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}",
+                            top1=f"{100 * progress.correct1 / progress.seen:.1f}",
+                            img_s=f"{progress.seen / progress.seconds:.0f}")
+
     optimizer.zero_grad(set_to_none=True)
     for i, (images, labels) in enumerate(bar):
         if i % cfg.accum_steps == 0:  # the rate of the coming step, from the progress before it
@@ -102,62 +168,64 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
         # Every file of the batch was unreadable: the batch still counts (for resuming mid-epoch) and is
         # skipped by every process, since one process alone leaving the step would stall DDP's all-reduce.
         if ctx.any(not len(labels)):
-            continue
-        images, labels = run.normalize(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
-        hard_labels = labels
-        if run.mixer is not None:
-            images, labels = run.mixer(images, labels)  # labels become (B, C) mixtures
-            hard_labels = labels.argmax(1)
-        if run.normalize.channels_last:  # the mixer, or a float batch, may come in another layout
-            images = images.contiguous(memory_format=torch.channels_last)
-        # Between accumulation steps the gradients only add up locally; the last backward of a cycle
-        # all-reduces their sum.
-        sync = contextlib.nullcontext() if run.ddp is None or cycle_end else run.ddp.no_sync()
-        with sync:
-            if run.cuda_graphs:  # a new training step: the graphs may reuse the last step's output memory
-                torch.compiler.cudagraph_mark_step_begin()
-            with autocast_context(device, run.amp):
-                logits = run.step_model(images)
-                loss = run.criterion(logits.float(), labels)
-            run.scaler.scale(loss / cfg.accum_steps).backward()
-        # The step's one host sync: loss, hits, count and a non-finite flag, summed over processes.
-        n = hard_labels.shape[0]
-        loss = loss.detach()
-        stats = torch.cat([(loss * n).reshape(1), topk_hits(logits.detach().float(), hard_labels).to(loss.dtype),
-                           torch.stack([loss.new_tensor(n), (~torch.isfinite(loss)).to(loss.dtype)])])
-        loss_sum, c1, c5, seen, nonfinite = ctx.sum_(stats).tolist()
-        if nonfinite:  # on any process: the gradients averaged with it are poisoned on every process
-            optimizer.zero_grad(set_to_none=True)
-            where = f"epoch {progress.epoch}, step {progress.global_step + 1} (batch {progress.batch_in_epoch})"
-            if progress.nonfinite_in_a_row >= cfg.skip_nonfinite:
-                raise TrainingError(f"loss became {loss.item() if ctx.world_size == 1 else 'non-finite'} at "
-                                    f"{where}; try a lower --lr, --clip-grad, or --skip-nonfinite N")
-            progress.nonfinite_in_a_row += 1
-            if ctx.is_main:
-                print(f"warning: skipped a non-finite loss at {where} "
-                      f"({progress.nonfinite_in_a_row} in a row, at most {cfg.skip_nonfinite})", file=sys.stderr)
-            continue
-        progress.nonfinite_in_a_row = 0
-        if cycle_end:
+            pending.append(_StepReport(None, None, progress.batch_in_epoch, cycle_end))
+        else:
+            stats = _forward_backward(run, images, labels, cfg, cycle_end)
+            nonfinite = (stats[4] > 0).to(stats.dtype)
+            cycle_skip = nonfinite if cycle_skip is None else torch.maximum(cycle_skip, nonfinite)
+            pending.append(_report(stats, progress.batch_in_epoch, cycle_end))
+        if cycle_end and cycle_skip is not None:
             if cfg.clip_grad > 0:
                 run.scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            run.scaler.step(optimizer)
-            run.scaler.update()
+            step_unless(optimizer, run.scaler, cycle_skip)
             optimizer.zero_grad(set_to_none=True)
             if run.ema is not None:
-                run.ema.update_parameters(model)
-            progress.global_step += 1
-        progress.loss_sum += loss_sum
-        progress.correct1, progress.correct5 = progress.correct1 + int(c1), progress.correct5 + int(c5)
-        progress.seen += int(seen)
-        progress.seconds = time.perf_counter() - start
-        bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}",
-                        top1=f"{100 * progress.correct1 / progress.seen:.1f}",
-                        img_s=f"{progress.seen / progress.seconds:.0f}")
-        if cfg.checkpoint_every and cycle_end and progress.global_step % cfg.checkpoint_every == 0 \
-                and i + 1 < remaining:
-            checkpoint()
+                run.ema.update_parameters(model, skip=cycle_skip)
+            cycle_skip = None
+        while len(pending) > 1:  # the batch before this one: done, or nearly, while this one is queued
+            read(pending.popleft())
+        if cfg.checkpoint_every and cycle_end and i + 1 < remaining:
+            # A checkpoint holds the progress of every batch so far: read them all first. The count of
+            # steps is known only then; the one before reading is an upper bound that moves one per cycle.
+            if (progress.global_step + sum(r.cycle_end for r in pending)) % cfg.checkpoint_every == 0:
+                while pending:
+                    read(pending.popleft())
+                if progress.global_step % cfg.checkpoint_every == 0 and progress.global_step != saved_at:
+                    checkpoint()
+                    saved_at = progress.global_step
+    while pending:
+        read(pending.popleft())
     seen = max(progress.seen, 1)
     return dict(train_loss=progress.loss_sum / seen, train_top1=100 * progress.correct1 / seen,
-                train_top5=100 * progress.correct5 / seen, images_per_second=progress.seen / max(progress.seconds, 1e-9))
+                train_top5=100 * progress.correct5 / seen,
+                images_per_second=progress.seen / max(progress.seconds, 1e-9))
+
+
+def _forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                      cycle_end: bool) -> torch.Tensor:
+    """Forward and backward of one batch; its (5,) stats on the device, summed over the processes."""
+    device = run.device
+    images, labels = run.normalize(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
+    hard_labels = labels
+    if run.mixer is not None:
+        images, labels = run.mixer(images, labels)  # labels become (B, C) mixtures
+        hard_labels = labels.argmax(1)
+    if run.normalize.channels_last:  # the mixer, or a float batch, may come in another layout
+        images = images.contiguous(memory_format=torch.channels_last)
+    # Between accumulation steps the gradients only add up locally; the last backward of a cycle
+    # all-reduces their sum.
+    sync = contextlib.nullcontext() if run.ddp is None or cycle_end else run.ddp.no_sync()
+    with sync:
+        if run.cuda_graphs:  # a new training step: the graphs may reuse the last step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast_context(device, run.amp):
+            logits = run.step_model(images)
+            loss = run.criterion(logits.float(), labels)
+        run.scaler.scale(loss / cfg.accum_steps).backward()
+    loss = loss.detach()
+    # n from a fill kernel, not from a Python number: torch.tensor(n, device=...) copies with a stream sync
+    n = torch.full((1,), hard_labels.shape[0], dtype=loss.dtype, device=loss.device)
+    stats = torch.cat([loss.reshape(1) * n, topk_hits(logits.detach().float(), hard_labels).to(loss.dtype), n,
+                       (~torch.isfinite(loss)).to(loss.dtype).reshape(1)])
+    return run.dist.sum_(stats)

@@ -1,0 +1,79 @@
+"""The training step loop: no host sync per step, gradient accumulation, the device-side non-finite guard."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import resnets
+from resnets.training import steps as steps_module
+from resnets.training import trainer as trainer_module
+from resnets.training.checkpoint import list_resume_files, load_resume_state
+
+SMALL = dict(epochs=1, img_size=16, batch_size=64, progress=False, workers=0)  # digits: 22 batches an epoch
+
+
+def poison_batches(monkeypatch, batches: set[int]) -> None:
+    """The loss of these (1-based) batches becomes NaN."""
+    real = trainer_module.make_criterion
+
+    def poisoned(cfg, splits, device):
+        criterion, calls = real(cfg, splits, device), [0]
+
+        def loss(logits, labels):
+            calls[0] += 1
+            value = criterion(logits, labels)
+            return value * float("nan") if calls[0] in batches else value
+
+        return loss
+
+    monkeypatch.setattr(trainer_module, "make_criterion", poisoned)
+
+
+def test_each_batch_is_read_on_the_host_only_after_the_next_one_is_queued(tmp_path, monkeypatch):
+    events: list[tuple[str, int]] = []
+    real_forward_backward, real_values = steps_module._forward_backward, steps_module._StepReport.values
+    launched = [0]
+
+    def forward_backward(*args, **kwargs):
+        launched[0] += 1
+        events.append(("queued", launched[0]))
+        return real_forward_backward(*args, **kwargs)
+
+    def values(report):
+        events.append(("read", report.batch_in_epoch))
+        return real_values(report)
+
+    monkeypatch.setattr(steps_module, "_forward_backward", forward_backward)
+    monkeypatch.setattr(steps_module._StepReport, "values", values)
+    result = resnets.train(output=str(tmp_path), **SMALL)
+    reads = [batch for kind, batch in events if kind == "read"]
+    assert reads == list(range(1, 23)) and launched[0] == 22  # every batch read once, in order
+    for batch in range(1, 22):  # the last one is read after the loop
+        assert events.index(("queued", batch + 1)) < events.index(("read", batch))
+    assert result.metrics["global_steps"] == 22
+
+
+def test_gradient_accumulation_steps_once_per_cycle_and_a_nonfinite_batch_skips_its_cycle(tmp_path, monkeypatch):
+    stepped = []
+    real_step = steps_module.step_unless
+    monkeypatch.setattr(steps_module, "step_unless", lambda *a: stepped.append(1) or real_step(*a))
+    clean = resnets.train(output=str(tmp_path / "clean"), accum_steps=4, **SMALL)
+    assert clean.metrics["global_steps"] == 6 and len(stepped) == 6  # 5 cycles of 4 batches, one of 2
+    poison_batches(monkeypatch, {3})  # in the first cycle
+    poisoned = resnets.train(output=str(tmp_path / "poisoned"), accum_steps=4, skip_nonfinite=1, **SMALL)
+    assert poisoned.metrics["global_steps"] == 5 and len(stepped) == 12  # the step runs, changing nothing
+    weights = load_file(str(poisoned.run_dir / "last.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_checkpoints_are_named_by_the_steps_taken_when_some_were_skipped(tmp_path, monkeypatch):
+    poison_batches(monkeypatch, {4, 9})  # their steps are skipped: 20 steps in 22 batches
+    result = resnets.train(output=str(tmp_path), skip_nonfinite=1, checkpoint_every=5, keep_checkpoints=10, **SMALL)
+    assert result.metrics["global_steps"] == 20
+    names = [p.name for p in list_resume_files(result.run_dir)]
+    # mid-epoch at steps 5, 10 and 15, reached at batches 6, 12 and 17; the epoch's end state starts epoch 2
+    assert names == [*(f"checkpoint-0001-{s:09d}.pt" for s in (5, 10, 15)), "checkpoint-0002-000000020.pt"]
+    for step, batch in ((5, 6), (10, 12), (15, 17)):
+        state = load_resume_state(result.run_dir / f"checkpoint-0001-{step:09d}.pt")
+        assert state["progress"]["global_step"] == step and state["batch_in_epoch"] == batch
