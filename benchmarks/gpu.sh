@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmark batch used for BENCHMARKS.md: one call of the device tool runs a whole phase.
 #   bash benchmarks/gpu.sh eager|infer|compiled|rows|leads|data|data2|data2-compiled|tests OUTDIR
-#   bash benchmarks/gpu.sh next-train|next-infer|next-data OUTDIR   (the leads not measured yet, one call each)
+#   bash benchmarks/gpu.sh next-train|next-infer|next-data|next-loop OUTDIR   (not measured yet, one call each)
 # One device call fits about 9 minutes: a compiled row costs 20-70 s of compilation on a cold cache, and a
 # phase stops starting runs once PHASE_BUDGET seconds (default 540) are spent.
 # Runs from source (PYTHONPATH=src) with the torch/timm/torchvision installed on the machine.
@@ -94,13 +94,30 @@ case $phase in
     run "resnet50-data-compiled" --model resnet50 --mode train --compile default --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
     [ $left -gt 120 ] && OMP_NUM_THREADS=2 timeout $(( left > 300 ? left - 150 : left )) python3 -m pytest -q -n 6 \
-      -rfE -p no:cacheprovider tests/test_device_decode.py tests/test_train.py tests/test_bench.py tests/test_optim.py \
+      -rfE -p no:cacheprovider tests/test_device_decode.py tests/test_train.py tests/test_bench.py tests/test_gpu_sync.py \
       2>&1 | grep -v "Benchmark\|warner(" | tee "$out/tests.log" | tail -15
     left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
     echo "=== the trainer with CUDA graphs: resnet50, 1 epoch of /tmp/jpegs ($left s left)"
     [ $left -gt 60 ] && timeout $left python3 -m resnets train --data-dir /tmp/jpegs --model resnet50 --epochs 1 \
       -b 256 -j 16 --compile --compile-mode reduce-overhead --output /tmp/runs --no-progress 2>&1 \
       | grep -v "Warn" | tail -6 | tee "$out/train-cudagraphs.txt"
+    ;;
+  next-loop)  # the trainer's loop against the bench's bare step: the no-host-sync tests, then ResNet-50 epochs from
+    # the GPU-resident cache, eager and compiled (the epoch lines' img/s; epoch 1 holds the compilation), and the
+    # bench's synthetic step in the same session for the ratio
+    OMP_NUM_THREADS=4 timeout 240 python3 -m pytest -q -rfE -p no:cacheprovider tests/test_gpu_sync.py \
+      tests/test_steps.py tests/test_ema.py tests/test_optim.py 2>&1 | tee "$out/tests-loop.log" | tail -8
+    [ -d /tmp/jpegs ] || python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
+    for mode in eager compiled; do
+      left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
+      echo "=== the trainer, $mode, resnet50 from the resident cache of /tmp/jpegs ($left s left)"
+      flag=""; [ $mode = compiled ] && flag="--compile"
+      [ $left -gt 60 ] && timeout $left python3 -m resnets train --data-dir /tmp/jpegs --in-memory --model resnet50 \
+        --epochs 3 -b 256 -j 16 $flag --output /tmp/runs-$mode --no-progress 2>&1 | grep -v "Warn" | tail -5 \
+        | tee "$out/train-$mode.txt"
+    done
+    run "resnet50-train-eager" --model resnet50 --mode train --rounds 2
+    run "resnet50-train-compiled" --model resnet50 --mode train --compile default --rounds 2
     ;;
   compiled)
     run "resnet50-infer-compiled" --model resnet50 --mode infer --compile default --compare timm --rounds 2
