@@ -103,8 +103,8 @@ case $phase in
       | grep -v "Warn" | tail -6 | tee "$out/train-cudagraphs.txt"
     ;;
   next-loop)  # the trainer's loop against the bench's bare step: the no-host-sync tests, then ResNet-50 epochs from
-    # the GPU-resident cache, eager and compiled (the epoch lines' img/s; epoch 1 holds the compilation), and the
-    # bench's synthetic step in the same session for the ratio
+    # the GPU-resident cache, eager and compiled (the epoch lines' img/s; epoch 1 holds the compilation), the
+    # bench's synthetic step in the same session for the ratio, and Res2Net's grouped-branch A/B
     OMP_NUM_THREADS=4 timeout 240 python3 -m pytest -q -rfE -p no:cacheprovider tests/test_gpu_sync.py \
       tests/test_steps.py tests/test_ema.py tests/test_optim.py 2>&1 | tee "$out/tests-loop.log" | tail -8
     [ -d /tmp/jpegs ] || python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
@@ -118,6 +118,8 @@ case $phase in
     done
     run "resnet50-train-eager" --model resnet50 --mode train --rounds 2
     run "resnet50-train-compiled" --model resnet50 --mode train --compile default --rounds 2
+    echo "=== Res2Net's first-block branches: separate convs against one grouped conv (fwd + bwd, bf16, b256)"
+    timeout 120 python3 benchmarks/res2net_branches.py --json "$out/res2net-branches.json" 2>&1 | grep -v Warn
     ;;
   compiled)
     run "resnet50-infer-compiled" --model resnet50 --mode infer --compile default --compare timm --rounds 2

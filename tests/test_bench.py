@@ -158,3 +158,21 @@ def test_inductor_values_are_read_as_the_setting_needs():
     assert changes == {"cpu_gpu_bw": 0.001, "max_autotune_subproc_result_timeout_seconds": 30,
                        "conv_1x1_as_mm": True}  # 1e-3 is text to YAML 1.1; a float setting takes it as a number
     check_inductor_settings(changes)  # an int for a float setting is fine
+
+
+def test_res2net_first_block_branches_as_one_grouped_conv_compute_the_same(tmp_path):
+    # the script that decides the Res2Net grouped-branch lead on a GPU: both forms must be one function
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "res2net_branches.py"), "--device", "cpu",
+                           "--batch", "2", "--img-size", "32", "--steps", "1", "--amp", "off", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["stride"] for r in rows] == [1, 2, 2, 2] and all(r["agree"] for r in rows)
+    assert [r["shape"][1] for r in rows] == [78, 156, 312, 624]  # 3 branches of 26, 52, 104, 208 channels
