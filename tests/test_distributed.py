@@ -192,3 +192,13 @@ def test_two_processes_train_from_the_in_memory_store(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("in memory: 1,438 training images") == 1  # said once, by rank 0
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["global_steps"] == 22
+
+
+def test_a_cycle_whose_last_batch_a_rank_could_not_read_still_averages_its_gradients():
+    # the cycle's other batches ran under no_sync: without an all-reduce the ranks' weights drift apart
+    script = Path(__file__).parent / "helpers" / "ddp_accumulation.py"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == dict(steps=3, agree=True)

@@ -8,6 +8,7 @@ import torch
 import resnets
 from resnets.training import steps as steps_module
 from resnets.training import trainer as trainer_module
+from test_steps import poison_batches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: host syncs exist only there")
 
@@ -15,27 +16,33 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a G
 @pytest.mark.parametrize("options", [
     dict(in_memory=True),  # the GPU-resident pipeline: crops and flips drawn on the host, applied on the GPU
     dict(in_memory=False, ema_decay=0.99, mixup=0.2, clip_grad=1.0, opt="adamw"),  # DataLoader, pinned batches
-    dict(in_memory=True, skip_nonfinite=3, accum_steps=2),
-], ids=["resident", "loader-ema-mixup-clip-adamw", "accumulate"])
+    dict(in_memory=True, skip_nonfinite=3, accum_steps=2, checkpoint_every=4, ema_decay=0.9, poisoned={3, 4, 9}),
+], ids=["resident", "loader-ema-mixup-clip-adamw", "accumulate-skip-checkpoint"])
 def test_the_step_loop_has_no_host_sync(tmp_path, monkeypatch, options):
     real_epoch, real_values = trainer_module.train_one_epoch, steps_module._StepReport.values
+    options = dict(options)
+    if "poisoned" in options:
+        poison_batches(monkeypatch, options.pop("poisoned"))
 
-    def strict_epoch(*args, **kwargs):
+    def allowed(fn):  # the loop's waits: the lagged read of a batch's numbers, and a checkpoint
+        def unchecked(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("default")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+
+        return unchecked
+
+    def strict_epoch(run, loader, cfg, progress, checkpoint):
         torch.cuda.set_sync_debug_mode("error")
         try:
-            return real_epoch(*args, **kwargs)
+            return real_epoch(run, loader, cfg, progress, allowed(checkpoint))
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
-    def lagged_read(report):  # the loop's one wait: for the batch before the one just queued
-        torch.cuda.set_sync_debug_mode("default")
-        try:
-            return real_values(report)
-        finally:
-            torch.cuda.set_sync_debug_mode("error")
-
     monkeypatch.setattr(trainer_module, "train_one_epoch", strict_epoch)
-    monkeypatch.setattr(steps_module._StepReport, "values", lagged_read)
+    monkeypatch.setattr(steps_module._StepReport, "values", allowed(real_values))
     result = resnets.train(output=str(tmp_path), device="cuda", epochs=2, img_size=32, batch_size=64, workers=0,
                            progress=False, **options)
     assert result.metrics["global_steps"] > 10

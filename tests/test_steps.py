@@ -1,6 +1,8 @@
 """The training step loop: no host sync per step, gradient accumulation, the device-side non-finite guard."""
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -9,6 +11,7 @@ import resnets
 from resnets.training import steps as steps_module
 from resnets.training import trainer as trainer_module
 from resnets.training.checkpoint import list_resume_files, load_resume_state
+from resnets.training.steps import TrainingError
 
 SMALL = dict(epochs=1, img_size=16, batch_size=64, progress=False, workers=0)  # digits: 22 batches an epoch
 
@@ -77,3 +80,45 @@ def test_checkpoints_are_named_by_the_steps_taken_when_some_were_skipped(tmp_pat
     for step, batch in ((5, 6), (10, 12), (15, 17)):
         state = load_resume_state(result.run_dir / f"checkpoint-0001-{step:09d}.pt")
         assert state["progress"]["global_step"] == step and state["batch_in_epoch"] == batch
+
+
+def test_the_nonfinite_limit_counts_skipped_steps_and_a_skipped_cycle_counts_no_numbers(tmp_path, monkeypatch):
+    # the first batch of every 2-batch cycle is NaN: every step is skipped, finite batches in between or not
+    poison_batches(monkeypatch, set(range(1, 23, 2)))
+    with pytest.raises(TrainingError, match=r"step 1 \(batch 3\)"):  # the second skipped step in a row
+        resnets.train(output=str(tmp_path / "a"), accum_steps=2, skip_nonfinite=1, **SMALL)
+    monkeypatch.undo()
+    poison_batches(monkeypatch, {2})  # the second batch of the first cycle
+    values, real_values = {}, steps_module._StepReport.values
+    monkeypatch.setattr(steps_module._StepReport, "values",
+                        lambda report: values.setdefault(report.batch_in_epoch, real_values(report)))
+    result = resnets.train(output=str(tmp_path / "b"), accum_steps=2, skip_nonfinite=1, **SMALL)
+    assert result.metrics["global_steps"] == 10
+    # the epoch's train loss averages the batches of the 10 steps taken: not batch 1, finite as it was
+    taken = [values[b] for b in range(3, 23)]
+    expected = sum(v[0] for v in taken) / sum(v[3] for v in taken)
+    with open(result.run_dir / "summary.csv") as f:
+        assert float(next(csv.DictReader(f))["train_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_with_the_loss_scaler_a_nonfinite_loss_gives_nonfinite_gradients():
+    # fp16 skips by the gradients; an infinite loss can have finite ones (an infinite logit under label
+    # smoothing): the loop must not let such a step through while it counts it as skipped
+    from types import SimpleNamespace
+
+    from resnets.training.config import TrainConfig
+    from resnets.training.distributed import Distributed
+
+    class FloatBatches:
+        channels_last = False
+
+        def __call__(self, images):
+            return images
+
+    model = torch.nn.Linear(4, 3)
+    run = SimpleNamespace(model=model, step_model=model, ddp=None, device=torch.device("cpu"), amp="off",
+                          normalize=FloatBatches(), mixer=None, cuda_graphs=False, dist=Distributed(),
+                          scaler=torch.amp.GradScaler("cpu"), criterion=lambda logits, y: logits.mean() + float("inf"))
+    stats = steps_module._forward_backward(run, torch.randn(8, 4), torch.randint(0, 3, (8,)), TrainConfig(), True)
+    assert stats[4] == 1  # flagged non-finite
+    assert all(not torch.isfinite(p.grad).any() for p in model.parameters())

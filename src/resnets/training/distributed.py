@@ -105,6 +105,16 @@ class Distributed:
                 dist.all_reduce(buffer)
                 buffer.div_(self.world_size)
 
+    def average_gradients(self, module: nn.Module) -> None:
+        """Average the gradients over the ranks, as DDP's backward would have: for an accumulation cycle
+        whose last batch (the one whose backward all-reduces) was skipped because no rank could read it."""
+        if not self.enabled:
+            return
+        for p in module.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.world_size)
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

@@ -8,12 +8,14 @@ from torch.optim.swa_utils import AveragedModel
 
 class ModelEma(AveragedModel):
     """torch's AveragedModel over parameters and buffers, with its state-dict layout (`module.*`,
-    `n_averaged`) and its average, updated without reading a device tensor on the host. AveragedModel's own
-    update tests its counter (a device tensor) twice per call: two host syncs per training step, each one
-    stalling the queue of GPU work behind it. Here every decision is a tensor on the device."""
+    `n_averaged`) and its average, updated without a host sync. AveragedModel's own update compares its
+    counter on the host and copies it to the model's device with a blocking copy on every call: a wait for
+    the GPU's whole queue per training step. Here the counter lives on the model's device and every
+    decision is a tensor there."""
 
     def __init__(self, model: nn.Module, decay: float):
-        super().__init__(model, use_buffers=True)
+        device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+        super().__init__(model, device=device, use_buffers=True)
         self.decay = decay
 
     @torch.no_grad()
@@ -28,9 +30,13 @@ class ModelEma(AveragedModel):
         keep = 1 if skip is None else 1 - skip.to(self.n_averaged.dtype)
         floats = [(a, b) for a, b in zip(ours, theirs) if a.is_floating_point()]
         if floats:
-            # lerp by 1 gives `b` exactly: torch computes weights >= 0.5 as b - (b - a) * (1 - weight)
-            weight = torch.where(self.n_averaged == 0, 1.0, 1.0 - self.decay).to(floats[0][0].dtype) * keep
-            torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], [weight] * len(floats))
+            a, b = [a for a, _ in floats], [b for _, b in floats]
+            weight = torch.where(self.n_averaged == 0, 1.0, 1.0 - self.decay).to(a[0].dtype) * keep
+            # a += weight * (b - a), with the weight a device tensor: foreach ops take one 0-dim tensor as a
+            # scalar without reading it (a list of weights would fall back to one kernel per tensor)
+            step = torch._foreach_sub(b, a)
+            torch._foreach_mul_(step, weight)
+            torch._foreach_add_(a, step)
         for a, b in zip(ours, theirs):  # counters (BN's num_batches_tracked) follow the model
             if not a.is_floating_point():
                 a.copy_(b)

@@ -63,7 +63,8 @@ def step_unless(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, 
     device flag `skip` is 1, decided on the device where the optimizer can: torch's fused kernels take the
     flag as the `found_inf` attribute that GradScaler hands them. Other optimizers read it on the host."""
     if scaler.is_enabled():
-        # fp16: a non-finite loss gives non-finite gradients, which the scaler finds and skips on its own
+        # fp16: the scaler finds non-finite gradients and skips on its own (the loop makes a non-finite loss
+        # give non-finite gradients)
         scaler.step(optimizer)
         scaler.update()
     elif optimizer.defaults.get("fused") and getattr(optimizer, "_step_supports_amp_scaling", False):

@@ -125,38 +125,45 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
                disable=None if cfg.progress and ctx.is_main else True, file=sys.stderr)
     pending: deque[_StepReport] = deque()
     cycle_skip: torch.Tensor | None = None  # device flag: a batch of this accumulation cycle was non-finite
-    read_cycle = dict(poisoned=False, batches=0)  # the same, on the host, for the cycle being read
+    # The cycle being read, on the host: its batches' numbers count once its step is known to be taken
+    cycle = dict(batches=0, sums=[0.0, 0.0, 0.0, 0.0], nonfinite_at="")
     saved_at = -1  # the global step last checkpointed
 
     def read(report: _StepReport) -> None:  # in batch order
         if report.stats is not None:
             loss_sum, c1, c5, seen, nonfinite = report.values()
-            read_cycle["batches"] += 1
-            if nonfinite:  # on any process: the gradients averaged with it were poisoned on every process
-                read_cycle["poisoned"] = True
-                where = f"epoch {progress.epoch}, step {progress.global_step + 1} (batch {report.batch_in_epoch})"
-                if progress.nonfinite_in_a_row >= cfg.skip_nonfinite:
-                    loss = loss_sum / seen if ctx.world_size == 1 and seen else "non-finite"
-                    raise TrainingError(f"loss became {loss} at {where}; try a lower --lr, --clip-grad, or "
-                                        f"--skip-nonfinite N")
-                progress.nonfinite_in_a_row += 1
-                if ctx.is_main:
-                    print(f"warning: skipped a non-finite loss at {where} "
-                          f"({progress.nonfinite_in_a_row} in a row, at most {cfg.skip_nonfinite})", file=sys.stderr)
-            else:
-                progress.nonfinite_in_a_row = 0
-                progress.loss_sum += loss_sum
-                progress.correct1, progress.correct5 = progress.correct1 + int(c1), progress.correct5 + int(c5)
-                progress.seen += int(seen)
+            cycle["batches"] += 1
+            if nonfinite and not cycle["nonfinite_at"]:  # on any process: the averaged gradients are poisoned
+                cycle["nonfinite_at"] = (f"epoch {progress.epoch}, step {progress.global_step + 1} "
+                                         f"(batch {report.batch_in_epoch})")
+                cycle["loss"] = loss_sum / seen if ctx.world_size == 1 and seen else "non-finite"
+            cycle["sums"] = [a + b for a, b in zip(cycle["sums"], (loss_sum, c1, c5, seen))]
         if report.cycle_end:
-            if read_cycle["batches"] and not read_cycle["poisoned"]:
-                progress.global_step += 1
-            read_cycle.update(poisoned=False, batches=0)
+            end_cycle()
         progress.seconds = time.perf_counter() - start
         if progress.seen:
             bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}",
                             top1=f"{100 * progress.correct1 / progress.seen:.1f}",
                             img_s=f"{progress.seen / progress.seconds:.0f}")
+
+    def end_cycle() -> None:
+        where = cycle["nonfinite_at"]
+        if where:  # the step was skipped on the device; the limit counts skipped steps in a row
+            if progress.nonfinite_in_a_row >= cfg.skip_nonfinite:
+                raise TrainingError(f"loss became {cycle['loss']} at {where}; try a lower --lr, --clip-grad, "
+                                    f"or --skip-nonfinite N")
+            progress.nonfinite_in_a_row += 1
+            if ctx.is_main:
+                print(f"warning: skipped a non-finite loss at {where} "
+                      f"({progress.nonfinite_in_a_row} in a row, at most {cfg.skip_nonfinite})", file=sys.stderr)
+        elif cycle["batches"]:
+            progress.nonfinite_in_a_row = 0
+            progress.global_step += 1
+            loss_sum, c1, c5, seen = cycle["sums"]
+            progress.loss_sum += loss_sum
+            progress.correct1, progress.correct5 = progress.correct1 + int(c1), progress.correct5 + int(c5)
+            progress.seen += int(seen)
+        cycle.update(batches=0, sums=[0.0, 0.0, 0.0, 0.0], nonfinite_at="")
 
     optimizer.zero_grad(set_to_none=True)
     for i, (images, labels) in enumerate(bar):
@@ -169,6 +176,8 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
         # skipped by every process, since one process alone leaving the step would stall DDP's all-reduce.
         if ctx.any(not len(labels)):
             pending.append(_StepReport(None, None, progress.batch_in_epoch, cycle_end))
+            if cycle_end and cycle_skip is not None and run.ddp is not None:
+                ctx.average_gradients(model)  # the batches before ran under no_sync: nothing averaged them yet
         else:
             stats = _forward_backward(run, images, labels, cfg, cycle_end)
             nonfinite = (stats[4] > 0).to(stats.dtype)
@@ -222,6 +231,10 @@ def _forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor, cfg:
         with autocast_context(device, run.amp):
             logits = run.step_model(images)
             loss = run.criterion(logits.float(), labels)
+        if run.scaler.is_enabled():
+            # The scaler skips a step by its gradients: make a non-finite loss give non-finite gradients
+            # (with label smoothing or mixed targets an infinite logit gives an infinite loss and finite ones)
+            loss = loss * torch.where(torch.isfinite(loss), 1.0, float("nan"))
         run.scaler.scale(loss / cfg.accum_steps).backward()
     loss = loss.detach()
     # n from a fill kernel, not from a Python number: torch.tensor(n, device=...) copies with a stream sync
