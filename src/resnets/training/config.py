@@ -80,7 +80,7 @@ class TrainConfig:
     resume: str | None = None  # "auto" (newest run under --output), a run directory or a checkpoint-*.pt
     checkpoint_every: int = 0  # also save the resume state every N optimizer steps (0: at each epoch's end)
     keep_checkpoints: int = 2  # resume states kept per run (best.safetensors is kept apart, always)
-    skip_nonfinite: int = 0  # skip up to N non-finite losses in a row instead of stopping the run
+    skip_nonfinite: int = 0  # skip up to N steps with a non-finite loss in a row instead of stopping the run
     deterministic: bool = False  # deterministic kernels only: identical weights from identical runs
     log_tensorboard: bool = False
     progress: bool = True  # tqdm bars (shown only on a terminal)
