@@ -201,4 +201,4 @@ def test_a_cycle_whose_last_batch_a_rank_could_not_read_still_averages_its_gradi
                            str(script)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == dict(steps=3, agree=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == dict(steps=3, agree=True, averaged=True)

@@ -133,8 +133,9 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(tmp_
 @pytest.mark.parametrize("argv,needle", [
     (["--compile-mode", "reduce-overhead"], "add --compile"),
     (["--compile", "--compile-mode", "reduce-overhead", "--accum-steps", "2"], "cannot accumulate gradients"),
+    (["--ddp-static-graph", "--accum-steps", "2"], "--ddp-static-graph cannot accumulate gradients"),
 ])
-def test_compile_mode_mistakes_are_one_line_errors(capsys, argv, needle):
+def test_compile_mode_and_ddp_mistakes_are_one_line_errors(capsys, argv, needle):
     code, out, err = run_cli(capsys, "train", "--epochs", "1", *argv)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
 

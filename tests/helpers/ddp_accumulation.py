@@ -1,6 +1,7 @@
 """Two gloo processes (run under torchrun) train a linear model with 2-batch accumulation cycles in which
-rank 0 could read no file of one cycle's last batch; prints the step count and whether the ranks' weights
-still agree. For tests/test_distributed.py."""
+rank 0 could read no file of one cycle's last batch. Prints the step count, whether the ranks' weights still
+agree, and whether that cycle stepped with the ranks' average gradient (each rank's own first-batch gradient,
+recomputed here, averaged). For tests/test_distributed.py."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ import torch.distributed as dist
 from torch import nn
 
 from resnets.training.config import TrainConfig
-from resnets.training.distributed import Distributed
+from resnets.training import steps
+from resnets.training.distributed import Distributed, wrap_model
 from resnets.training.optim import make_optimizer
 from resnets.training.steps import Progress, Run, train_one_epoch
 
@@ -28,7 +30,7 @@ def main() -> None:
     ctx = Distributed(rank=rank, world_size=world, host_group=dist.group.WORLD)
     torch.manual_seed(0)  # the same initial weights on both ranks
     model = nn.Linear(4, 3)
-    ddp = nn.parallel.DistributedDataParallel(model)
+    ddp = wrap_model(model, ctx, torch.device("cpu"), bucket_mb=25, static_graph=False)
     cfg = TrainConfig(opt="sgd", accum_steps=2, progress=False, epochs=1, weight_decay=0.0)
     g = torch.Generator().manual_seed(rank + 1)  # each rank its own data
     batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(6)]
@@ -38,12 +40,29 @@ def main() -> None:
               scaler=torch.amp.GradScaler("cpu", enabled=False), ema=None, criterion=nn.CrossEntropyLoss(),
               mixer=None, device=torch.device("cpu"), amp="off", normalize=FloatBatches(), batches_per_epoch=6,
               global_batch=8 * world, dist=ctx)
+    seen = []  # (weight, bias, weight's gradient) at each optimizer step, before it
+    real_step = steps.step_unless
+
+    def recording_step(optimizer, scaler, skip):
+        seen.append((model.weight.detach().clone(), model.bias.detach().clone(), model.weight.grad.detach().clone()))
+        real_step(optimizer, scaler, skip)
+
+    steps.step_unless = recording_step
     progress = Progress()
     train_one_epoch(run, batches, cfg, progress, lambda: None)
     weights = [torch.empty_like(model.weight) for _ in range(world)]
     dist.all_gather(weights, model.weight.detach())
+    # the second cycle ran batch 2 only: its step must use the ranks' mean of (that batch's gradient) / 2
+    weight_then, bias_then, stepped_with = seen[1]
+    probe = nn.Linear(4, 3)
+    with torch.no_grad():
+        probe.weight.copy_(weight_then)
+        probe.bias.copy_(bias_then)
+    own = torch.autograd.grad(nn.functional.cross_entropy(probe(batches[2][0]), batches[2][1]) / 2, probe.weight)[0]
+    dist.all_reduce(own)
     if rank == 0:
-        print(json.dumps(dict(steps=progress.global_step, agree=all(torch.equal(w, weights[0]) for w in weights))))
+        print(json.dumps(dict(steps=progress.global_step, agree=all(torch.equal(w, weights[0]) for w in weights),
+                              averaged=bool(torch.allclose(stepped_with, own / world, atol=1e-6)))))
     dist.destroy_process_group()
 
 

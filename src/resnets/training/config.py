@@ -150,6 +150,11 @@ class TrainConfig:
             # the first backward of a cycle would put the gradients in memory the next graph replay reuses
             raise ConfigError(f"--compile-mode {self.compile_mode} (CUDA graphs) cannot accumulate gradients: "
                               f"drop --accum-steps or use --compile-mode default")
+        if self.ddp_static_graph and self.accum_steps > 1:
+            # torch's reducer asserts on the first no_sync backward in static-graph mode and, past that, stops
+            # all-reducing (pytorch/pytorch#187732, open)
+            raise ConfigError("--ddp-static-graph cannot accumulate gradients (DDP's static graph breaks under "
+                              "no_sync): drop --accum-steps or --ddp-static-graph")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
 

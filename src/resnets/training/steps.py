@@ -127,7 +127,7 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
     cycle_skip: torch.Tensor | None = None  # device flag: a batch of this accumulation cycle was non-finite
     # The cycle being read, on the host: its batches' numbers count once its step is known to be taken
     cycle = dict(batches=0, sums=[0.0, 0.0, 0.0, 0.0], nonfinite_at="")
-    saved_at = -1  # the global step last checkpointed
+    saved_at = progress.global_step  # the step last checkpointed: the state this epoch started from is saved
 
     def read(report: _StepReport) -> None:  # in batch order
         if report.stats is not None:
