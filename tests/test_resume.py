@@ -217,14 +217,19 @@ def test_deterministic_runs_are_identical(tmp_path):
 
 
 def test_resume_of_a_finished_run_needs_more_epochs(tmp_path, capsys):
-    first = run_train([*SMALL, "--epochs", "1", "--output", tmp_path, "--name", "r"])
-    assert first.returncode == 0, first.stderr
-    again = run_train(["--resume", "auto", "--output", tmp_path, "--no-progress"])  # keeps the run's 1 epoch
-    assert again.returncode == 2 and "raise --epochs" in again.stderr
-    changed = run_train(["--resume", "auto", "--output", tmp_path, "--epochs", "2", "--lr", "0.5"])
-    assert changed.returncode == 2 and "differ from it: lr" in changed.stderr
-    more = run_train(["--resume", "auto", "--output", tmp_path, "--epochs", "2", "--no-progress"])
-    assert more.returncode == 0, more.stderr
+    from resnets.cli import main  # in this process: four runs would pay four torch imports as subprocesses
+
+    def train(*args) -> tuple[int, str]:
+        code = main(["train", *map(str, args)])
+        return code, capsys.readouterr().err
+
+    assert train(*SMALL, "--epochs", "1", "--output", tmp_path, "--name", "r")[0] == 0
+    code, err = train("--resume", "auto", "--output", tmp_path, "--no-progress")  # keeps the run's 1 epoch
+    assert code == 2 and "raise --epochs" in err
+    code, err = train("--resume", "auto", "--output", tmp_path, "--epochs", "2", "--lr", "0.5")
+    assert code == 2 and "differ from it: lr" in err
+    code, err = train("--resume", "auto", "--output", tmp_path, "--epochs", "2", "--no-progress")
+    assert code == 0, err
     assert [row[0] for row in loss_log(tmp_path / "r")] == ["1", "2"]
 
 
