@@ -73,3 +73,27 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e
 @pytest.fixture
 def assert_close() -> Callable[[torch.Tensor, torch.Tensor], None]:
     return _assert_close
+
+
+@pytest.fixture
+def poison_losses(monkeypatch) -> Callable[[set[int]], None]:
+    """`poison_losses({3, 4})`: in the training runs that follow, the loss of those (1-based) batches is NaN.
+    A second call replaces the first."""
+    from resnets.training import trainer
+
+    real = trainer.make_criterion
+
+    def poison(batches: set[int]) -> None:
+        def poisoned(cfg, splits, device):
+            criterion, calls = real(cfg, splits, device), [0]
+
+            def loss(logits, labels):
+                calls[0] += 1
+                value = criterion(logits, labels)
+                return value * float("nan") if calls[0] in batches else value
+
+            return loss
+
+        monkeypatch.setattr(trainer, "make_criterion", poisoned)
+
+    return poison

@@ -8,7 +8,6 @@ import torch
 import resnets
 from resnets.training import steps as steps_module
 from resnets.training import trainer as trainer_module
-from test_steps import poison_batches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: host syncs exist only there")
 
@@ -18,11 +17,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a G
     dict(in_memory=False, ema_decay=0.99, mixup=0.2, clip_grad=1.0, opt="adamw"),  # DataLoader, pinned batches
     dict(in_memory=True, skip_nonfinite=3, accum_steps=2, checkpoint_every=4, ema_decay=0.9, poisoned={3, 4, 9}),
 ], ids=["resident", "loader-ema-mixup-clip-adamw", "accumulate-skip-checkpoint"])
-def test_the_step_loop_has_no_host_sync(tmp_path, monkeypatch, options):
+def test_the_step_loop_has_no_host_sync(tmp_path, monkeypatch, poison_losses, options):
     real_epoch, real_values = trainer_module.train_one_epoch, steps_module._StepReport.values
     options = dict(options)
     if "poisoned" in options:
-        poison_batches(monkeypatch, options.pop("poisoned"))
+        poison_losses(options.pop("poisoned"))
 
     def allowed(fn):  # the loop's waits: the lagged read of a batch's numbers, and a checkpoint
         def unchecked(*args, **kwargs):

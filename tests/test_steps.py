@@ -9,28 +9,10 @@ from safetensors.torch import load_file
 
 import resnets
 from resnets.training import steps as steps_module
-from resnets.training import trainer as trainer_module
 from resnets.training.checkpoint import list_resume_files, load_resume_state
 from resnets.training.steps import TrainingError
 
 SMALL = dict(epochs=1, img_size=16, batch_size=64, progress=False, workers=0)  # digits: 22 batches an epoch
-
-
-def poison_batches(monkeypatch, batches: set[int]) -> None:
-    """The loss of these (1-based) batches becomes NaN."""
-    real = trainer_module.make_criterion
-
-    def poisoned(cfg, splits, device):
-        criterion, calls = real(cfg, splits, device), [0]
-
-        def loss(logits, labels):
-            calls[0] += 1
-            value = criterion(logits, labels)
-            return value * float("nan") if calls[0] in batches else value
-
-        return loss
-
-    monkeypatch.setattr(trainer_module, "make_criterion", poisoned)
 
 
 def test_each_batch_is_read_on_the_host_only_after_the_next_one_is_queued(tmp_path, monkeypatch):
@@ -57,21 +39,22 @@ def test_each_batch_is_read_on_the_host_only_after_the_next_one_is_queued(tmp_pa
     assert result.metrics["global_steps"] == 22
 
 
-def test_gradient_accumulation_steps_once_per_cycle_and_a_nonfinite_batch_skips_its_cycle(tmp_path, monkeypatch):
+def test_gradient_accumulation_steps_once_per_cycle_and_a_nonfinite_batch_skips_its_cycle(tmp_path, monkeypatch,
+                                                                                        poison_losses):
     stepped = []
     real_step = steps_module.step_unless
     monkeypatch.setattr(steps_module, "step_unless", lambda *a: stepped.append(1) or real_step(*a))
     clean = resnets.train(output=str(tmp_path / "clean"), accum_steps=4, **SMALL)
     assert clean.metrics["global_steps"] == 6 and len(stepped) == 6  # 5 cycles of 4 batches, one of 2
-    poison_batches(monkeypatch, {3})  # in the first cycle
+    poison_losses({3})  # in the first cycle
     poisoned = resnets.train(output=str(tmp_path / "poisoned"), accum_steps=4, skip_nonfinite=1, **SMALL)
     assert poisoned.metrics["global_steps"] == 5 and len(stepped) == 12  # the step runs, changing nothing
     weights = load_file(str(poisoned.run_dir / "last.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
-def test_checkpoints_are_named_by_the_steps_taken_when_some_were_skipped(tmp_path, monkeypatch):
-    poison_batches(monkeypatch, {4, 9})  # their steps are skipped: 20 steps in 22 batches
+def test_checkpoints_are_named_by_the_steps_taken_when_some_were_skipped(tmp_path, poison_losses):
+    poison_losses({4, 9})  # their steps are skipped: 20 steps in 22 batches
     result = resnets.train(output=str(tmp_path), skip_nonfinite=1, checkpoint_every=5, keep_checkpoints=10, **SMALL)
     assert result.metrics["global_steps"] == 20
     names = [p.name for p in list_resume_files(result.run_dir)]
@@ -82,13 +65,13 @@ def test_checkpoints_are_named_by_the_steps_taken_when_some_were_skipped(tmp_pat
         assert state["progress"]["global_step"] == step and state["batch_in_epoch"] == batch
 
 
-def test_the_nonfinite_limit_counts_skipped_steps_and_a_skipped_cycle_counts_no_numbers(tmp_path, monkeypatch):
+def test_the_nonfinite_limit_counts_skipped_steps_and_a_skipped_cycle_counts_no_numbers(tmp_path, monkeypatch,
+                                                                                       poison_losses):
     # the first batch of every 2-batch cycle is NaN: every step is skipped, finite batches in between or not
-    poison_batches(monkeypatch, set(range(1, 23, 2)))
+    poison_losses(set(range(1, 23, 2)))
     with pytest.raises(TrainingError, match=r"step 1 \(batch 3\)"):  # the second skipped step in a row
         resnets.train(output=str(tmp_path / "a"), accum_steps=2, skip_nonfinite=1, **SMALL)
-    monkeypatch.undo()
-    poison_batches(monkeypatch, {2})  # the second batch of the first cycle
+    poison_losses({2})  # the second batch of the first cycle
     values, real_values = {}, steps_module._StepReport.values
     monkeypatch.setattr(steps_module._StepReport, "values",
                         lambda report: values.setdefault(report.batch_in_epoch, real_values(report)))
