@@ -13,6 +13,7 @@ from torch import nn
 
 from resnets.errors import ConfigError
 from resnets.models import FeatureExtractor, ResNet, cifar_resnet, cifar_resnext, create_model, list_models
+from resnets.models.inference import for_inference
 from resnets.models.layers import DropPath
 
 ALL_MODELS = list_models()
@@ -137,6 +138,22 @@ def test_torch_export_matches_eager(name, make_input, assert_close):
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", _params(ALL_MODELS, EXPORT_FAST))
+def test_folded_batchnorm_matches_eval_model(name, make_input, randomize_bn, assert_close):
+    """predict and evaluate run this copy on the CPU: it must compute the same function with no BN left
+    (random BN statistics and affine terms, so that a fold which ignores any of them changes the output),
+    and leave the model it was made from untouched."""
+    model = randomize_bn(create_model(name)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = make_input(model)
+    folded = for_inference(model, torch.device("cpu"))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    with torch.no_grad():
+        assert_close(folded(x), model(x))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 # --- features_only through create_model ---------------------------------------------------------

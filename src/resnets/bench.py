@@ -102,20 +102,23 @@ def _autocast(device: torch.device, amp: str):
 
 def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One training or inference step. `fused` picks resnets' step, the trainer's: the fused SGD kernel (one
-    launch for all parameters) for training; BN folded into the convs and bf16 weights for inference on CUDA."""
+    launch for all parameters) for training; for inference, BN folded into the convs (on CUDA under
+    torch.compile, with bf16 weights; on the CPU in fp32)."""
     if s.mode == "infer":
         model.eval()
         low_precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp)
-        # Only under torch.compile: in eager mode the folded convs measured 5-12% slower than conv + BN on
-        # an H100 (bf16, channels_last; cuDNN's conv-with-bias path), so eager keeps the model as it is.
-        fold = fused and low_precision is not None and device.type == "cuda" and s.compile != "off"
+        # resnets' inference path folds BN into the convs. On CUDA only under torch.compile: in eager mode the
+        # folded convs measured 5-12% slower than conv + BN on an H100 (bf16, channels_last; cuDNN's
+        # conv-with-bias path). On the CPU in fp32 always, as predict and evaluate do (`for_inference`).
+        on_cuda = device.type == "cuda" and low_precision is not None and s.compile != "off"
+        on_cpu = device.type == "cpu" and low_precision is None
+        fold = fused and (on_cuda or on_cpu)
         if fold:
-            # resnets' inference path: BN folded into the convs, weights stored in bf16 once, so no
-            # autocast re-casts of every weight on every call.
             from .models.inference import fold_batchnorm
 
             # Folding writes new (contiguous) weights: put them back in the input's memory format, or
-            # cuDNN converts layouts on every call (measured 10% slower on an H100).
+            # cuDNN converts layouts on every call (measured 10% slower on an H100). On CUDA the weights
+            # are stored in bf16 once, so there are no autocast re-casts of every weight on every call.
             memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
             model = fold_batchnorm(model).to(low_precision, memory_format=memory_format)
         forward = torch.compile(model, mode=compile_mode_arg(s.compile)) if s.compile != "off" else model
@@ -123,7 +126,7 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
         def infer(x: torch.Tensor, y: torch.Tensor) -> None:
             if fold:
                 with torch.inference_mode():
-                    forward(x.to(low_precision))
+                    forward(x.to(low_precision) if low_precision is not None else x)
             else:
                 with torch.inference_mode(), _autocast(device, s.amp):
                     forward(x)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from ..data import DataError, eval_transform
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
+from ..models.inference import for_inference
 from ..models.weights import load_model, resolve_checkpoint
 from ..reports import CONFUSION_CSV, CONFUSION_PNG, REPORT_CSV, write_class_reports
 from .common import beside_checkpoint, resolve_device
@@ -72,7 +73,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_n
     bad_files = BadFiles(len(dataset), max_bad_fraction, out / BAD_FILES_CSV)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
                         pin_memory=dev.type == "cuda", collate_fn=collate_skipping)
-    result = evaluate(model.to(dev), SkipUnreadable(loader, bad_files), dev)
+    result = evaluate(for_inference(model.to(dev), dev), SkipUnreadable(loader, bad_files), dev)
     bad_files.report()
     if not len(bad_files):
         (out / BAD_FILES_CSV).unlink(missing_ok=True)  # an earlier eval's list, no longer true

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data import eval_transform
 from ..errors import ConfigError
+from ..models.inference import for_inference
 from .common import Warn, batched, class_names_of, read_images, require_some, resolve_device, warn_stderr
 
 DEFAULT_TOPK = 5
@@ -43,11 +44,13 @@ def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int |
     dev = resolve_device(device)
     names = class_names_of(model)
     transform = eval_transform(model.pretrained_cfg)
-    model.eval().to(dev)  # outside inference mode, so the model stays usable for training or Grad-CAM
+    # The model is moved outside inference mode, so it stays usable for training or Grad-CAM; on the CPU
+    # the forward runs on a BN-folded copy.
+    forward = for_inference(model.to(dev), dev)
     out: list[Prediction] = []
     for files, images in batched(read_images(paths, transform, warn), batch_size):
         with torch.inference_mode():
-            probs = model(images.to(dev)).float().softmax(dim=1)  # (B, num_classes)
+            probs = forward(images.to(dev)).float().softmax(dim=1)  # (B, num_classes)
         top = probs.topk(k, dim=1)
         for file, p, idx in zip(files, top.values.cpu().tolist(), top.indices.cpu().tolist()):
             out.append(Prediction(str(file), [names[i] for i in idx], p))
