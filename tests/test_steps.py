@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -82,6 +83,41 @@ def test_the_nonfinite_limit_counts_skipped_steps_and_a_skipped_cycle_counts_no_
     expected = sum(v[0] for v in taken) / sum(v[3] for v in taken)
     with open(result.run_dir / "summary.csv") as f:
         assert float(next(csv.DictReader(f))["train_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_skipped_step_leaves_no_trace_in_the_batchnorm_statistics(tmp_path, monkeypatch, poison_losses):
+    # A forward that goes non-finite writes NaN into BN's running statistics; a skipped step puts them back.
+    # So a run whose third batch has NaN images ends exactly as one whose third batch has a NaN loss after a
+    # finite forward: same weights, statistics and EMA, and a finite validation.
+    real_forward_backward = steps_module._forward_backward
+    calls = [0]
+
+    def nan_images_in_batch_3(run, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] != 3:
+            return real_forward_backward(run, *args, **kwargs)
+        hook = run.model.register_forward_pre_hook(lambda module, inputs: (inputs[0] * float("nan"),))
+        try:
+            return real_forward_backward(run, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    settings = dict(skip_nonfinite=1, ema_decay=0.9, **SMALL)
+    monkeypatch.setattr(steps_module, "_forward_backward", nan_images_in_batch_3)
+    nan_images = resnets.train(output=str(tmp_path / "images"), **settings)
+    monkeypatch.setattr(steps_module, "_forward_backward", real_forward_backward)
+    poison_losses({3})
+    nan_loss = resnets.train(output=str(tmp_path / "loss"), **settings)
+    assert calls[0] == 22 and nan_images.metrics["global_steps"] == nan_loss.metrics["global_steps"] == 21
+    final = list_resume_files(nan_images.run_dir)[-1].name  # the end-of-epoch state: the bare model
+    models = [load_resume_state(r.run_dir / final)["model"] for r in (nan_images, nan_loss)]
+    emas = [load_file(str(r.run_dir / "last.safetensors")) for r in (nan_images, nan_loss)]  # the EMA
+    for a, b in (models, emas):
+        assert any("running_var" in k for k in a)
+        assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert nan_images.metrics["best_top1"] == nan_loss.metrics["best_top1"]
+    assert math.isfinite(nan_images.metrics["best_val_loss"])
 
 
 def test_with_the_loss_scaler_a_nonfinite_loss_gives_nonfinite_gradients():

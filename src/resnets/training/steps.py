@@ -81,6 +81,32 @@ def _freeze_bn_statistics(model: nn.Module) -> None:
             m.eval()
 
 
+class _BatchNormStatistics:
+    """The running statistics of the BN layers in training mode, as they were before an accumulation cycle,
+    put back when the cycle's step is skipped: a forward that goes non-finite writes NaN into them, and
+    validation, the EMA and every later batch would inherit it. A few kernels per cycle, no host sync:
+    one copy of all statistics (about 100k numbers for ResNet-50), and a masked copy back."""
+
+    def __init__(self, model: nn.Module):
+        self.buffers = [b for m in model.modules()
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+                        for b in (m.running_mean, m.running_var)]
+        self.sizes = [b.numel() for b in self.buffers]
+        self.saved: torch.Tensor | None = None
+
+    def save(self) -> None:
+        if self.buffers:
+            self.saved = torch.cat(self.buffers)
+
+    def restore_if(self, skip: torch.Tensor) -> None:
+        """Put the saved statistics back where `skip` (a device flag) is set. num_batches_tracked still counts
+        the skipped batches: it only matters for BN with momentum=None, which no model here uses."""
+        if self.saved is not None:
+            kept = torch.where(skip > 0, self.saved, torch.cat(self.buffers))
+            torch._foreach_copy_(self.buffers, list(kept.split(self.sizes)))
+            self.saved = None
+
+
 @dataclass
 class _StepReport:
     """What one batch tells the host: loss x n, top-1 and top-5 hits, n, non-finite flag (summed over the
@@ -119,6 +145,9 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
     model.train()
     if cfg.freeze_backbone:  # frozen statistics too: BN layers of a frozen backbone stay in eval mode
         _freeze_bn_statistics(model)
+    # Only a run that survives a non-finite step needs its BN statistics guarded; without --skip-nonfinite
+    # it stops there.
+    bn_statistics = _BatchNormStatistics(model) if cfg.skip_nonfinite else None
     start = time.perf_counter() - progress.seconds
     remaining = len(loader)  # type: ignore[arg-type]
     bar = tqdm(loader, desc=f"epoch {progress.epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True,
@@ -169,6 +198,8 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
     for i, (images, labels) in enumerate(bar):
         if i % cfg.accum_steps == 0:  # the rate of the coming step, from the progress before it
             set_lr(optimizer, run.base_lr, lr_factor(run.epochs_done(progress), cfg))
+            if bn_statistics is not None:
+                bn_statistics.save()
         progress.batch_in_epoch += 1
         progress.samples_in_epoch += run.global_batch
         cycle_end = (i + 1) % cfg.accum_steps == 0 or i + 1 == remaining
@@ -189,6 +220,8 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             step_unless(optimizer, run.scaler, cycle_skip)
             optimizer.zero_grad(set_to_none=True)
+            if bn_statistics is not None:  # before the EMA reads them (x 0 does not clear a NaN)
+                bn_statistics.restore_if(cycle_skip)
             if run.ema is not None:
                 run.ema.update_parameters(model, skip=cycle_skip)
             cycle_skip = None
