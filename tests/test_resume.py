@@ -26,12 +26,24 @@ from resnets.training.trainer import TrainingError
 SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--no-progress"]  # digits, 45 steps an epoch
 
 
+# Runs that go side by side take one thread each: two processes of 2 threads on 2 cores take longer together
+# than one after the other (measured 42 s against 27 s for test_deterministic_runs_are_identical).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
 def run_train(args: list[str], env_extra: dict | None = None, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     cmd = [sys.executable, "-m", "resnets", "train", *map(str, args)]
     if wait:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc: subprocess.Popen) -> str:
+    """The stderr of a run started with wait=False, once it has ended well."""
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return err
 
 
 def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -46,10 +58,8 @@ def loss_log(run_dir: Path) -> list[tuple[str, ...]]:
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, workers):
     common = [*SMALL, "-j", workers, "--checkpoint-every", "5", "--output", tmp_path]
-    done = run_train([*common, "--name", "straight"])
-    assert done.returncode == 0, done.stderr
-
-    victim = run_train([*common, "--name", "killed"], wait=False)
+    straight = run_train([*common, "--name", "straight"], ONE_THREAD, wait=False)  # side by side with the victim
+    victim = run_train([*common, "--name", "killed"], ONE_THREAD, wait=False)
     run_dir = tmp_path / "killed"
     deadline = time.time() + 300
     while time.time() < deadline:  # kill right after the second mid-epoch checkpoint of epoch 1
@@ -63,9 +73,11 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, workers):
     assert not (run_dir / "metrics.json").exists()  # it really died mid-run
     (run_dir / ".last.safetensors.abc123.tmp").write_bytes(b"half a file")  # what a kill mid-write leaves
 
-    resumed = run_train(["--resume", run_dir, "--epochs", "2", "-j", workers, "--no-progress"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr and re.search(r"epoch 1, image \d+/1,438", resumed.stderr)
+    resumed = run_train(["--resume", run_dir, "--epochs", "2", "-j", workers, "--no-progress"], ONE_THREAD,
+                        wait=False)
+    finished(straight)
+    err = finished(resumed)
+    assert "resuming" in err and re.search(r"epoch 1, image \d+/1,438", err)
     assert not list(run_dir.glob(".*.tmp"))  # stray temp files cleaned at the start
     a, b = weights_of(tmp_path / "straight"), weights_of(run_dir)
     assert a.keys() == b.keys()
@@ -195,9 +207,9 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
 def test_deterministic_runs_are_identical(tmp_path):
     args = [*SMALL, "--epochs", "1", "--deterministic", "--mixup", "0.2", "--drop-path-rate", "0.1",
             "--output", tmp_path]
-    for name in ("one", "two"):
-        done = run_train([*args, "--name", name])
-        assert done.returncode == 0, done.stderr
+    # Two separate processes (nothing shared but the files), side by side
+    for run in [run_train([*args, "--name", name], ONE_THREAD, wait=False) for name in ("one", "two")]:
+        finished(run)
     a, b = weights_of(tmp_path / "one"), weights_of(tmp_path / "two")
     assert resnets.fileio.content_digest(a) == resnets.fileio.content_digest(b)
     assert loss_log(tmp_path / "one") == loss_log(tmp_path / "two")

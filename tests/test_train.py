@@ -110,10 +110,16 @@ def test_random_erasing_with_ema_trains_and_validates(tmp_path):
 def test_compiled_training_saves_plain_weights_and_keeps_its_compile_cache(tmp_path, monkeypatch):
     """--compile on the CPU (inductor's C++ backend): the run trains, best.safetensors loads into a fresh
     model (no `_orig_mod.` keys), and torch.compile's caches land in --cache-dir, not in /tmp."""
+    from resnets.models import registry
+    from resnets.models.zoo import cifar_resnet_config
+
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    result = resnets.train(epochs=2, img_size=16, compile=True, cache_dir=str(tmp_path / "cache"),
-                           output=str(tmp_path / "runs"), **FAST)
-    assert result.best_top1 > 60.0, result.metrics  # measured: 83.0 eager with the same settings
+    # A CIFAR ResNet-8 (one block a stage): compiling its forward and backward takes half ResNet-20's 45 s
+    # on 2 cores, with every kind of layer and shortcut still in the graph.
+    monkeypatch.setitem(registry._MODELS, "cifar_resnet8", lambda: cifar_resnet_config(depth=8))
+    result = resnets.train(model="cifar_resnet8", epochs=2, img_size=16, compile=True,
+                           cache_dir=str(tmp_path / "cache"), output=str(tmp_path / "runs"), **FAST)
+    assert result.best_top1 > 35.0, result.metrics  # measured: 53.5 (chance: 10)
     weights = load_file(str(result.run_dir / "best.safetensors"))
     assert not any(k.startswith("_orig_mod.") for k in weights)
     assert any((tmp_path / "cache" / "inductor").iterdir())
