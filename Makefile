@@ -29,7 +29,8 @@ demo: $(VENV)/.base
 # The suite runs in TEST_WORKERS pytest processes, a whole test file each at a time (a file's module fixtures,
 # such as the 2-process DDP run, are built once), each with one torch thread: the tests' tensors are small and
 # subprocess start-up is serial, so two one-thread workers beat one two-thread process on 2 cores
-# (4 min 21 s against 6 min 15 s in one process, back to back). TEST_WORKERS=0 runs it in this one process, with torch's own threads.
+# (4 min 21 s against 6 min 15 s in one process, back to back). TEST_WORKERS=0 runs it in one process,
+# with torch's own threads.
 TEST_WORKERS ?= 2
 PYTEST := $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
