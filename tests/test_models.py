@@ -156,6 +156,31 @@ def test_folded_batchnorm_matches_eval_model(name, make_input, randomize_bn, ass
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+def test_a_model_with_hooks_or_that_cannot_be_traced_runs_unfolded(make_input):
+    cpu = torch.device("cpu")
+    hooked = create_model("cifar_resnet20")
+    seen = []
+    hooked.layer2.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    assert for_inference(hooked, cpu) is hooked and not seen  # the hook runs on real tensors only
+
+    class ChecksItsInput(nn.Module):  # control flow on the input: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.net = create_model("cifar_resnet20")
+
+        def forward(self, x):
+            if x.shape[1] != 3:
+                raise ValueError("expected RGB")
+            return self.net(x)
+
+    guarded = ChecksItsInput()
+    assert for_inference(guarded, cpu) is guarded
+    x = make_input(guarded.net)
+    with torch.no_grad():
+        hooked(x)
+    assert len(seen) == 1
+
+
 # --- features_only through create_model ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["resnet18", "cifar_resnet20", "res2net50d"])

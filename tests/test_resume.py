@@ -39,6 +39,18 @@ def run_train(args: list[str], env_extra: dict | None = None, wait: bool = True)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture
+def reaped():
+    """`reaped(run_train(..., wait=False))`: the run is killed if it is still going when the test ends (a
+    failed assert), so it does not hold the cores the next tests need."""
+    procs: list[subprocess.Popen] = []
+    yield lambda proc: procs.append(proc) or proc
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def finished(proc: subprocess.Popen) -> str:
     """The stderr of a run started with wait=False, once it has ended well."""
     _, err = proc.communicate(timeout=600)
@@ -56,10 +68,10 @@ def loss_log(run_dir: Path) -> list[tuple[str, ...]]:
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, workers):
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, workers, reaped):
     common = [*SMALL, "-j", workers, "--checkpoint-every", "5", "--output", tmp_path]
-    straight = run_train([*common, "--name", "straight"], ONE_THREAD, wait=False)  # side by side with the victim
-    victim = run_train([*common, "--name", "killed"], ONE_THREAD, wait=False)
+    straight = reaped(run_train([*common, "--name", "straight"], ONE_THREAD, wait=False))  # beside the victim
+    victim = reaped(run_train([*common, "--name", "killed"], ONE_THREAD, wait=False))
     run_dir = tmp_path / "killed"
     deadline = time.time() + 300
     while time.time() < deadline:  # kill right after the second mid-epoch checkpoint of epoch 1
@@ -73,8 +85,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, workers):
     assert not (run_dir / "metrics.json").exists()  # it really died mid-run
     (run_dir / ".last.safetensors.abc123.tmp").write_bytes(b"half a file")  # what a kill mid-write leaves
 
-    resumed = run_train(["--resume", run_dir, "--epochs", "2", "-j", workers, "--no-progress"], ONE_THREAD,
-                        wait=False)
+    resumed = reaped(run_train(["--resume", run_dir, "--epochs", "2", "-j", workers, "--no-progress"], ONE_THREAD,
+                               wait=False))
     finished(straight)
     err = finished(resumed)
     assert "resuming" in err and re.search(r"epoch 1, image \d+/1,438", err)
@@ -204,11 +216,11 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_deterministic_runs_are_identical(tmp_path):
+def test_deterministic_runs_are_identical(tmp_path, reaped):
     args = [*SMALL, "--epochs", "1", "--deterministic", "--mixup", "0.2", "--drop-path-rate", "0.1",
             "--output", tmp_path]
     # Two separate processes (nothing shared but the files), side by side
-    for run in [run_train([*args, "--name", name], ONE_THREAD, wait=False) for name in ("one", "two")]:
+    for run in [reaped(run_train([*args, "--name", name], ONE_THREAD, wait=False)) for name in ("one", "two")]:
         finished(run)
     a, b = weights_of(tmp_path / "one"), weights_of(tmp_path / "two")
     assert resnets.fileio.content_digest(a) == resnets.fileio.content_digest(b)

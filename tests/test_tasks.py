@@ -409,6 +409,20 @@ def test_bad_input_is_one_line_and_writes_nothing(work: dict, capsys: pytest.Cap
     assert not out.exists()
 
 
+def test_predict_in_small_batches_equals_the_model(work: dict) -> None:
+    """From its second batch on, predict runs a BN-folded copy on the CPU: the same predictions."""
+    from resnets.tasks.predict import predict_images
+
+    model = load_model(work["run"]).eval()
+    files = work["files"][:5]
+    predictions = predict_images(model, files, topk=1, batch_size=2, device="cpu", warn=lambda m: None)
+    with torch.inference_mode():
+        probs = model(torch.stack([eval_transform(model.pretrained_cfg)(load_image(p)) for p in files])).softmax(1)
+    assert [p.classes[0] for p in predictions] == [CLASSES[i] for i in probs.argmax(1).tolist()]
+    np.testing.assert_allclose([p.probabilities[0] for p in predictions], probs.max(1).values.numpy(), atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the caller's model as it was
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: only a real device move creates new tensors")
 def test_model_stays_trainable_after_predict(work: dict) -> None:
     """predict must not turn the weights into inference tensors (moving them inside inference_mode does)."""

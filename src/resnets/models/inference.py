@@ -13,10 +13,23 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return fuse(model.eval())
 
 
+def _has_hooks(model: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
-    """The module that predict and evaluate run, in eval mode: on the CPU a BN-folded copy (10-16% more
-    images per second for ResNet-18/50 in fp32 on 2 cores, see BENCHMARKS.md), elsewhere `model` itself. On an
-    H100 the folded convs measured 5-12% slower in eager mode (cuDNN's conv-with-bias path), so the GPU
-    folds only under torch.compile (`resnets bench`)."""
+    """The module that predict and evaluate run, in eval mode: on the CPU a BN-folded copy (fp32, 2 cores:
+    1.04-1.09x the images per second for ResNet-50, 1.00-1.05x for ResNet-18; BENCHMARKS.md), elsewhere
+    `model` itself. On an H100 the folded convs measured 5-12% slower in eager mode (cuDNN's conv-with-bias
+    path), so the GPU folds only under torch.compile (`resnets bench`).
+
+    The fold is an optimisation, never a requirement: a model with forward hooks (they would fire once, on
+    torch.fx's tracing proxies, and never on the copy) or one that torch.fx cannot trace (control flow on
+    its input, in a user-registered architecture) runs as it is."""
     model.eval()
-    return fold_batchnorm(model) if device.type == "cpu" else model
+    if device.type != "cpu" or _has_hooks(model):
+        return model
+    try:
+        return fold_batchnorm(model)
+    except Exception:  # torch.fx fails in many ways (TraceError, TypeError, ...); each means "run it unfolded"
+        return model
