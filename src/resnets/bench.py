@@ -107,26 +107,28 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
     if s.mode == "infer":
         model.eval()
         low_precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp)
-        # resnets' inference path folds BN into the convs. On CUDA only under torch.compile: in eager mode the
-        # folded convs measured 5-12% slower than conv + BN on an H100 (bf16, channels_last; cuDNN's
-        # conv-with-bias path). On the CPU in fp32 always, as predict and evaluate do (`for_inference`).
-        on_cuda = device.type == "cuda" and low_precision is not None and s.compile != "off"
-        on_cpu = device.type == "cpu" and low_precision is None
-        fold = fused and (on_cuda or on_cpu)
-        if fold:
+        # resnets' inference path folds BN into the convs: on CUDA only under torch.compile (in eager mode the
+        # folded convs measured 5-12% slower than conv + BN on an H100: bf16, channels_last, cuDNN's
+        # conv-with-bias path), with the weights stored in bf16 once so that autocast does not re-cast every
+        # weight on every call; elsewhere in fp32 by predict's and eval's own rule (`for_inference`).
+        # Folding writes new (contiguous) weights: they go back to the input's memory format, or cuDNN
+        # converts layouts on every call (measured 10% slower on an H100).
+        memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+        cast = fused and device.type == "cuda" and low_precision is not None and s.compile != "off"
+        if cast:
             from .models.inference import fold_batchnorm
 
-            # Folding writes new (contiguous) weights: put them back in the input's memory format, or
-            # cuDNN converts layouts on every call (measured 10% slower on an H100). On CUDA the weights
-            # are stored in bf16 once, so there are no autocast re-casts of every weight on every call.
-            memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
             model = fold_batchnorm(model).to(low_precision, memory_format=memory_format)
+        elif fused and low_precision is None:
+            from .models.inference import for_inference
+
+            model = for_inference(model, device).to(memory_format=memory_format)
         forward = torch.compile(model, mode=compile_mode_arg(s.compile)) if s.compile != "off" else model
 
         def infer(x: torch.Tensor, y: torch.Tensor) -> None:
-            if fold:
+            if cast:
                 with torch.inference_mode():
-                    forward(x.to(low_precision) if low_precision is not None else x)
+                    forward(x.to(low_precision))
             else:
                 with torch.inference_mode(), _autocast(device, s.amp):
                     forward(x)
