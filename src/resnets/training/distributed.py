@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -98,22 +98,19 @@ class Distributed:
         step each rank holds statistics of its own last batch. Evaluated as they are, every shard would be
         judged by a slightly different model than the one saved; averaged (as timm's `distribute_bn`
         does), all ranks evaluate and save the same one."""
-        if not self.enabled:
-            return
-        for buffer in module.buffers():
-            if buffer.is_floating_point():
-                dist.all_reduce(buffer)
-                buffer.div_(self.world_size)
+        self._average(b for b in module.buffers() if b.is_floating_point())
 
     def average_gradients(self, module: nn.Module) -> None:
         """Average the gradients over the ranks, as DDP's backward would have: for an accumulation cycle
         whose last batch (the one whose backward all-reduces) was skipped because no rank could read it."""
-        if not self.enabled:
-            return
-        for p in module.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(self.world_size)
+        self._average(p.grad for p in module.parameters() if p.grad is not None)
+
+    def _average(self, tensors: Iterable[torch.Tensor]) -> None:
+        """In place, the mean over the ranks of each tensor."""
+        if self.enabled:
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+                tensor.div_(self.world_size)
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
