@@ -125,18 +125,14 @@ def test_with_the_loss_scaler_a_nonfinite_loss_gives_nonfinite_gradients():
     # smoothing): the loop must not let such a step through while it counts it as skipped
     from types import SimpleNamespace
 
+    from resnets.data.transforms import DeviceNormalize
     from resnets.training.config import TrainConfig
     from resnets.training.distributed import Distributed
 
-    class FloatBatches:
-        channels_last = False
-
-        def __call__(self, images):
-            return images
-
     model = torch.nn.Linear(4, 3)
+    floats_as_they_are = DeviceNormalize({"mean": [0.0], "std": [1.0]})  # it normalises uint8 batches only
     run = SimpleNamespace(model=model, step_model=model, ddp=None, device=torch.device("cpu"), amp="off",
-                          normalize=FloatBatches(), mixer=None, cuda_graphs=False, dist=Distributed(),
+                          normalize=floats_as_they_are, mixer=None, cuda_graphs=False, dist=Distributed(),
                           scaler=torch.amp.GradScaler("cpu"), criterion=lambda logits, y: logits.mean() + float("inf"))
     stats = steps_module._forward_backward(run, torch.randn(8, 4), torch.randint(0, 3, (8,)), TrainConfig(), True)
     assert stats[4] == 1  # flagged non-finite

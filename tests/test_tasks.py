@@ -111,6 +111,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def preprocessed(model: torch.nn.Module, files: list[Path]) -> torch.Tensor:
+    """A batch of `files` through the model's own eval preprocessing, as predict reads them."""
+    transform = eval_transform(model.pretrained_cfg)
+    return torch.stack([transform(load_image(p)) for p in files])
+
+
 def assert_one_line_error(code: int, err: str, command: str) -> None:
     assert code == 2
     lines = err.strip().splitlines()
@@ -241,9 +247,8 @@ def test_predict_rows_match_inputs(work: dict, capsys: pytest.CaptureFixture, tm
 
     # The CSV's top-1 is the model's own argmax on the same preprocessing.
     model = load_model(work["run"]).eval()
-    transform = eval_transform(model.pretrained_cfg)
     with torch.inference_mode():
-        probs = model(torch.stack([transform(load_image(p)) for p in expected])).softmax(1)
+        probs = model(preprocessed(model, expected)).softmax(1)
     assert [r["top1_class"] for r in rows] == [CLASSES[i] for i in probs.argmax(1).tolist()]
     np.testing.assert_allclose([float(r["top1_prob"]) for r in rows], probs.max(1).values.numpy(), atol=2e-6)
 
@@ -339,8 +344,7 @@ def test_grad_cam_equals_cam_on_last_stage(work: dict) -> None:
     """With global average pooling and one linear layer after the last stage, Grad-CAM is exactly CAM
     (Zhou et al. 2016): alpha_k = W[c, k] / (h * w). Selvaraju et al. 2017 prove it in their Sec. 3.1."""
     model = load_model(work["run"]).eval()
-    transform = eval_transform(model.pretrained_cfg)
-    x = torch.stack([transform(load_image(p)) for p in work["files"][::4]])
+    x = preprocessed(model, work["files"][::4])
     result = grad_cam(model, x)
     with torch.inference_mode():
         feats = model.forward_features(x)  # (B, K, h, w)
@@ -417,7 +421,7 @@ def test_predict_in_small_batches_equals_the_model(work: dict) -> None:
     files = work["files"][:5]
     predictions = predict_images(model, files, topk=1, batch_size=2, device="cpu", warn=lambda m: None)
     with torch.inference_mode():
-        probs = model(torch.stack([eval_transform(model.pretrained_cfg)(load_image(p)) for p in files])).softmax(1)
+        probs = model(preprocessed(model, files)).softmax(1)
     assert [p.classes[0] for p in predictions] == [CLASSES[i] for i in probs.argmax(1).tolist()]
     np.testing.assert_allclose([p.probabilities[0] for p in predictions], probs.max(1).values.numpy(), atol=1e-5)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the caller's model as it was
@@ -431,5 +435,5 @@ def test_model_stays_trainable_after_predict(work: dict) -> None:
     model = load_model(work["run"])  # on the CPU; predict moves it to the GPU
     predict_images(model, work["files"][:2], device="cuda", warn=lambda m: None)
     assert not any(p.is_inference() for p in model.parameters())
-    x = torch.stack([eval_transform(model.pretrained_cfg)(load_image(p)) for p in work["files"][:2]]).cuda()
+    x = preprocessed(model, work["files"][:2]).cuda()
     assert grad_cam(model, x).heatmaps.shape == (2, 32, 32)

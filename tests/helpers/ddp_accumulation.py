@@ -10,18 +10,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from resnets.data.transforms import DeviceNormalize
 from resnets.training.config import TrainConfig
 from resnets.training import steps
 from resnets.training.distributed import Distributed, wrap_model
 from resnets.training.optim import make_optimizer
 from resnets.training.steps import Progress, Run, train_one_epoch
-
-
-class FloatBatches:
-    channels_last = False
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images
 
 
 def main() -> None:
@@ -36,9 +30,10 @@ def main() -> None:
     batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(6)]
     if rank == 0:  # the end of the second cycle: nothing readable on rank 0, so every rank skips it
         batches[3] = (torch.empty(0, 4), torch.empty(0, dtype=torch.long))
+    floats_as_they_are = DeviceNormalize({"mean": [0.0], "std": [1.0]})  # it normalises uint8 batches only
     run = Run(model=model, step_model=ddp, ddp=ddp, optimizer=make_optimizer(model, cfg), base_lr=0.1,
               scaler=torch.amp.GradScaler("cpu", enabled=False), ema=None, criterion=nn.CrossEntropyLoss(),
-              mixer=None, device=torch.device("cpu"), amp="off", normalize=FloatBatches(), batches_per_epoch=6,
+              mixer=None, device=torch.device("cpu"), amp="off", normalize=floats_as_they_are, batches_per_epoch=6,
               global_batch=8 * world, dist=ctx)
     seen = []  # (weight, bias, weight's gradient) at each optimizer step, before it
     real_step = steps.step_unless
