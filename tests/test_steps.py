@@ -64,6 +64,8 @@ def test_checkpoints_are_named_by_the_steps_taken_when_some_were_skipped(tmp_pat
     for step, batch in ((5, 6), (10, 12), (15, 17)):
         state = load_resume_state(result.run_dir / f"checkpoint-0001-{step:09d}.pt")
         assert state["progress"]["global_step"] == step and state["batch_in_epoch"] == batch
+        # the metrics are over the steps taken; the img/s over every image the time went on
+        assert state["progress"]["seen"] == 64 * step and state["progress"]["trained"] == 64 * batch
 
 
 def test_the_nonfinite_limit_counts_skipped_steps_and_a_skipped_cycle_counts_no_numbers(tmp_path, monkeypatch,

@@ -40,12 +40,13 @@ class Progress:
     loss_sum: float = 0.0  # running totals of the current epoch, over all processes
     correct1: int = 0
     correct5: int = 0
-    seen: int = 0
+    seen: int = 0  # images of the steps taken: what the loss and accuracy are over
+    trained: int = 0  # images forwarded, skipped steps' too: what the epoch's time was spent on
     seconds: float = 0.0
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch, self.samples_in_epoch, self.batch_in_epoch = epoch, 0, 0
-        self.loss_sum, self.correct1, self.correct5, self.seen, self.seconds = 0.0, 0, 0, 0, 0.0
+        self.loss_sum, self.correct1, self.correct5, self.seen, self.trained, self.seconds = 0.0, 0, 0, 0, 0, 0.0
 
 
 @dataclass
@@ -167,13 +168,14 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
                                          f"(batch {report.batch_in_epoch})")
                 cycle["loss"] = loss_sum / seen if ctx.world_size == 1 and seen else "non-finite"
             cycle["sums"] = [a + b for a, b in zip(cycle["sums"], (loss_sum, c1, c5, seen))]
+            progress.trained += int(seen)
         if report.cycle_end:
             end_cycle()
         progress.seconds = time.perf_counter() - start
         if progress.seen:
             bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}",
                             top1=f"{100 * progress.correct1 / progress.seen:.1f}",
-                            img_s=f"{progress.seen / progress.seconds:.0f}")
+                            img_s=f"{progress.trained / progress.seconds:.0f}")
 
     def end_cycle() -> None:
         where = cycle["nonfinite_at"]
@@ -241,7 +243,7 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
     seen = max(progress.seen, 1)
     return dict(train_loss=progress.loss_sum / seen, train_top1=100 * progress.correct1 / seen,
                 train_top5=100 * progress.correct5 / seen,
-                images_per_second=progress.seen / max(progress.seconds, 1e-9))
+                images_per_second=progress.trained / max(progress.seconds, 1e-9))
 
 
 def _forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
