@@ -139,3 +139,16 @@ def test_with_the_loss_scaler_a_nonfinite_loss_gives_nonfinite_gradients():
     stats = steps_module._forward_backward(run, torch.randn(8, 4), torch.randint(0, 3, (8,)), TrainConfig(), True)
     assert stats[4] == 1  # flagged non-finite
     assert all(not torch.isfinite(p.grad).any() for p in model.parameters())
+
+
+def test_only_a_loader_of_files_makes_the_processes_agree_on_empty_batches(tmp_path, monkeypatch):
+    # A batch of nothing but broken files is skipped by every process alike, which costs a host-side
+    # exchange per step; the GPU-resident store cannot hand out such a batch and is spared it.
+    asked = []
+    real_any = steps_module.Distributed.any
+    monkeypatch.setattr(steps_module.Distributed, "any", lambda self, flag: asked.append(flag) or real_any(self, flag))
+    resnets.train(output=str(tmp_path / "files"), **SMALL)
+    assert len(asked) == 22 and not any(asked)
+    asked.clear()
+    resident = resnets.train(output=str(tmp_path / "resident"), in_memory=True, **SMALL)
+    assert asked == [] and resident.metrics["global_steps"] == 22

@@ -124,6 +124,10 @@ class SkipUnreadable:
     def __len__(self) -> int:
         return len(self.loader)
 
+    @property
+    def yields_empty_batches(self) -> bool:
+        return self.keep_empty
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, broken in self.loader:
             if broken:

@@ -93,6 +93,8 @@ class DeviceDecodeLoader:
     """(images, labels) batches on `device` from a DataLoader over `EncodedFiles` (collated by
     `collate_encoded`) drawing from `sampler`; unreadable files go to `bad_files`."""
 
+    yields_empty_batches = True  # a batch of nothing but broken files is yielded empty, and counted
+
     def __init__(self, loader, sampler, augment: DeviceAugment, device: torch.device, bad_files: BadFiles):
         self.loader, self.sampler, self.augment = loader, sampler, augment
         self.device, self.bad_files = device, bad_files

@@ -186,6 +186,8 @@ class DeviceLoader:
     """(images, labels) batches from an ImageStore, in the order of an EpochSampler (sharded and resumable
     like the file pipeline). Has `bad_files` like SkipUnreadable: the files that did not decode at build."""
 
+    yields_empty_batches = False  # every image in the store decoded at build
+
     def __init__(self, store: ImageStore, sampler, batch_size: int, augment: DeviceAugment, drop_last: bool,
                  bad_files: BadFiles | None):
         self.store, self.sampler, self.batch_size, self.augment = store, sampler, batch_size, augment

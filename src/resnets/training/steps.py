@@ -158,6 +158,9 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
     # The cycle being read, on the host: its batches' numbers count once its step is known to be taken
     cycle = dict(batches=0, sums=[0.0, 0.0, 0.0, 0.0], nonfinite_at="")
     saved_at = progress.global_step  # the step last checkpointed: the state this epoch started from is saved
+    # Only a loader of files can hand out a batch with nothing readable in it; agreeing on that costs every
+    # step a host-side exchange between the processes, which the GPU-resident store does without.
+    may_be_empty = getattr(loader, "yields_empty_batches", True)
 
     def read(report: _StepReport) -> None:  # in batch order
         if report.stats is not None:
@@ -207,7 +210,7 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
         cycle_end = (i + 1) % cfg.accum_steps == 0 or i + 1 == remaining
         # Every file of the batch was unreadable: the batch still counts (for resuming mid-epoch) and is
         # skipped by every process, since one process alone leaving the step would stall DDP's all-reduce.
-        if ctx.any(not len(labels)):
+        if may_be_empty and ctx.any(not len(labels)):
             pending.append(_StepReport(None, None, progress.batch_in_epoch, cycle_end))
             if cycle_end and cycle_skip is not None and run.ddp is not None:
                 ctx.average_gradients(model)  # the batches before ran under no_sync: nothing averaged them yet
