@@ -4,12 +4,23 @@
 #   bash benchmarks/gpu.sh next-train|next-infer|next-data|next-loop OUTDIR   (not measured yet, one call each)
 # One device call fits about 9 minutes: a compiled row costs 20-70 s of compilation on a cold cache, and a
 # phase stops starting runs once PHASE_BUDGET seconds (default 540) are spent.
-# Runs from source (PYTHONPATH=src) with the torch/timm/torchvision installed on the machine.
+# Runs from source (PYTHONPATH=src) with the torch/timm/torchvision installed on the machine. The device image
+# has no TorchCodec (--decode-on-device's decoder where installed): carry its wheel for Python 3.12 in .whl/
+# (git-ignored; device call with carry [".whl"]), fetched here with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl torchcodec==0.16.0
 set -u
 phase=${1:-eager}
 out=${2:-${OUT:-/tmp/bench}}
-mkdir -p "$out/json"
+runs=$(mktemp -d)  # each run's JSON report: collected into $out/bench.jsonl at the end (the device tool
+                   # brings back at most 8 files from $OUT)
+mkdir -p "$out"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
+if ls .whl/torchcodec-*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --target /tmp/site .whl/torchcodec-*.whl; then
+  export PYTHONPATH=src:/tmp/site
+fi
+python3 -c "from resnets.data.device_decode import jpeg_decoder; print('JPEG decoder:', jpeg_decoder())"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/gpu.txt"
 start=$SECONDS
 run() {  # name, then bench arguments; skipped once the phase's budget (PHASE_BUDGET s, default 540) is spent
@@ -18,7 +29,7 @@ run() {  # name, then bench arguments; skipped once the phase's budget (PHASE_BU
   local limit=${RUN_TIMEOUT:-900}; [ $left -lt $limit ] && limit=$left
   if [ $limit -lt 30 ]; then echo "=== $name: skipped, the phase's time is spent"; return; fi
   echo "=== $name ($(( SECONDS - start )) s in): resnets bench $*"
-  timeout $limit python3 -m resnets bench "$@" --json "$out/json/$name.json" 2>&1 | grep -v "^W1\|UserWarning"
+  timeout $limit python3 -m resnets bench "$@" --json "$runs/$name.json" 2>&1 | grep -v "^W1\|UserWarning"
 }
 case $phase in
   eager)
@@ -88,9 +99,12 @@ case $phase in
     done
     RUN_TIMEOUT=150 run "resnet50-infer-autotune" --model resnet50 --mode infer --compile max-autotune-no-cudagraphs --rounds 2 --inductor conv_1x1_as_mm=true
     ;;
-  next-data)  # the step fed by files after the bench's warm-up fix, eager and compiled; then the device-facing tests
+  next-data)  # the step fed by files after the bench's warm-up fix, eager and compiled; --decode-on-device's
+    # decoders and decoding thread (benchmarks/device_decode.py); then the device-facing tests
     python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
     run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
+    echo "=== --decode-on-device: TorchCodec against torchvision, decoding in turn with the step against ahead of it"
+    timeout 240 python3 benchmarks/device_decode.py /tmp/jpegs --json "$out/device-decode.json" 2>&1 | grep -v Warn
     run "resnet50-data-compiled" --model resnet50 --mode train --compile default --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
     [ $left -gt 120 ] && OMP_NUM_THREADS=2 timeout $(( left > 300 ? left - 150 : left )) python3 -m pytest -q -n 6 \
@@ -127,11 +141,11 @@ case $phase in
     run "resnet50-train-compiled-b384" --model resnet50 --mode train --compile default -b 384 --rounds 2
     ;;
 esac
-python3 - "$out" <<'PY'
+python3 - "$out" "$runs" <<'PY'
 import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
+out, runs = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 with open(out / "bench.jsonl", "w") as f:
-    for p in sorted((out / "json").glob("*.json")):
+    for p in sorted(runs.glob("*.json")):
         r = json.loads(p.read_text())
         for res in r["results"]:
             res.pop("step_ms", None)  # keep the summary small; medians and p90 stay

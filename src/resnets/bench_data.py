@@ -77,7 +77,8 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
     decoded = DeviceDecodeLoader(encoded, EpochSampler(len(splits.train), seed=0), DeviceAugment(data_cfg, size, 0.5),
                                  device, unreadable)
     ips, _ = _rate(decoded, steps, device)
-    record("files -> device batches", ips, f"({workers} workers read bytes; JPEG decode + augment on {device.type})")
+    record("files -> device batches", ips, f"({workers} workers read bytes; {decoded.decoder} decodes JPEGs, "
+                                           f"a thread augments on {device.type})")
 
     side = store_size(data_cfg, size)
     with tempfile.TemporaryDirectory() as cache_dir:

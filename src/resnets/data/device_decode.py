@@ -1,31 +1,68 @@
 """--decode-on-device: loader workers only read JPEG bytes; the training device decodes and augments them.
 
-On a GPU, `torchvision.io.decode_jpeg(..., device="cuda")` decodes a whole batch with nvJPEG, which frees
-the CPU cores that PIL decoding keeps busy (the bottleneck of the file pipeline on a fast GPU). The careful
-rules of `decode_image` still hold: a worker parses each file's header and sends raw bytes only for plain
-RGB or grey JPEGs within the pixel limit that end with the end-of-image marker; anything else (PNG, CMYK,
-a truncated file, a bomb) is decoded on the CPU by `decode_image` as in the file pipeline, or reported
+On a GPU, nvJPEG decodes a whole batch in one call, which frees the CPU cores that PIL decoding keeps busy
+(the bottleneck of the file pipeline on a fast GPU). The batched decoder is TorchCodec's where it is
+installed (`pip install resnets[codec]`), else torchvision's: see `jpeg_decoder`. The careful rules of
+`decode_image` still hold: a worker parses each file's header and sends raw bytes only for plain RGB or
+grey JPEGs within the pixel limit that end with the end-of-image marker; anything else (PNG, CMYK, a
+truncated file, a bomb) is decoded on the CPU by `decode_image` as in the file pipeline, or reported
 unreadable. Should the device decoder still refuse a batch, its files are decoded one by one on the CPU, so
 a broken file is named and skipped, never replaced. Augmentation is `DeviceAugment.from_images`, with the
 per-batch seeding of `--in-memory`: a resumed run draws the same crops.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import math
-from typing import Any, Iterator
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from .bad_files import BadFiles, Unreadable
 from .images import BrokenImageError, decode_image, read_bytes
 from .resident import DeviceAugment
+from .transforms import to_device
 
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+
+
+def _torchcodec_decode(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchcodec.decoders import decode_jpeg  # applies the EXIF orientation itself
+
+    return decode_jpeg(payloads, mode="RGB", device=device)
+
+
+def _torchvision_decode(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+
+
+# Batched JPEG decoders: (3, H, W) uint8 RGB images on `device`, EXIF orientation applied; a RuntimeError for
+# a batch they cannot decode.
+JPEG_DECODERS: dict[str, Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]] = {
+    "torchcodec": _torchcodec_decode, "torchvision": _torchvision_decode}
+
+
+@functools.cache
+def jpeg_decoder() -> str:
+    """The batched JPEG decoder to use: TorchCodec's where it is installed, else torchvision's.
+
+    TorchCodec (>= 0.16) succeeds torchvision's image decoding, deprecated since torchvision 0.29. Both send
+    baseline JPEGs to nvJPEG's hardware backend where the GPU has one (A100, H100); which is faster on a
+    given GPU is what `benchmarks/device_decode.py` measures."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except (ImportError, OSError, RuntimeError):  # not installed, or its libraries do not load with this torch
+        return "torchvision"
+    return "torchcodec"
 
 
 def device_decodable(data: bytes) -> bool:
@@ -67,16 +104,16 @@ def collate_encoded(batch: list[Any]) -> tuple[list[torch.Tensor], torch.Tensor,
             [item for item in batch if isinstance(item, Unreadable)])
 
 
-def decode_batch(payloads: list[torch.Tensor], paths: list[str], device: torch.device,
+def decode_batch(payloads: list[torch.Tensor], paths: list[str], device: torch.device, decoder: str | None = None,
                  ) -> tuple[list[torch.Tensor | None], list[Unreadable]]:
-    """(3, H, W) uint8 images on `device` (None where a file turned out broken), and the broken ones."""
+    """(3, H, W) uint8 images on `device` (None where a file turned out broken), and the broken ones;
+    `decoder` names one of JPEG_DECODERS (default: `jpeg_decoder()`)."""
     images: list[torch.Tensor | None] = [p.to(device, non_blocking=True) if p.ndim == 3 else None for p in payloads]
     encoded = [i for i, p in enumerate(payloads) if p.ndim == 1]
     broken: list[Unreadable] = []
     if encoded:
         try:
-            decoded = decode_jpeg([payloads[i] for i in encoded], mode=ImageReadMode.RGB, device=device,
-                                  apply_exif_orientation=True)
+            decoded = JPEG_DECODERS[decoder or jpeg_decoder()]([payloads[i] for i in encoded], device)
             for i, image in zip(encoded, decoded):
                 images[i] = image
         except RuntimeError:
@@ -91,24 +128,67 @@ def decode_batch(payloads: list[torch.Tensor], paths: list[str], device: torch.d
 
 class DeviceDecodeLoader:
     """(images, labels) batches on `device` from a DataLoader over `EncodedFiles` (collated by
-    `collate_encoded`) drawing from `sampler`; unreadable files go to `bad_files`."""
+    `collate_encoded`) drawing from `sampler`; unreadable files go to `bad_files`.
+
+    The next `prefetch` batches are decoded and augmented on a thread of their own, on a CUDA stream of
+    their own, while the caller trains on this one. The batched nvJPEG call holds its thread until its
+    batch is decoded; made in the training thread, decoding and the training step took turns (BENCHMARKS.md:
+    the H100 rates of the two alone predict the rate of the two in turn). The decoders release the GIL."""
 
     yields_empty_batches = True  # a batch of nothing but broken files is yielded empty, and counted
 
-    def __init__(self, loader, sampler, augment: DeviceAugment, device: torch.device, bad_files: BadFiles):
+    def __init__(self, loader, sampler, augment: DeviceAugment, device: torch.device, bad_files: BadFiles,
+                 decoder: str | None = None, prefetch: int = 2):
         self.loader, self.sampler, self.augment = loader, sampler, augment
-        self.device, self.bad_files = device, bad_files
+        self.device, self.bad_files, self.decoder = device, bad_files, decoder or jpeg_decoder()
+        self.prefetch = max(1, prefetch)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for k, (payloads, labels, paths, unreadable) in enumerate(self.loader):
-            images, broken = decode_batch(payloads, paths, self.device)
+        batches = enumerate(self.loader)  # advanced by the decoding thread alone
+        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        pool = ThreadPoolExecutor(1, thread_name_prefix="resnets-decode")  # one thread: batches stay in order
+        ahead = deque(pool.submit(self._prepare, batches, side) for _ in range(self.prefetch))
+        try:
+            while (batch := ahead.popleft().result()) is not None:
+                ahead.append(pool.submit(self._prepare, batches, side))
+                images, labels, ready = batch
+                if ready is not None:  # the training stream waits on the device, not the host
+                    stream = torch.cuda.current_stream(self.device)
+                    stream.wait_event(ready)
+                    images.record_stream(stream)  # made on the side stream: not to be reused before it is used
+                    labels.record_stream(stream)
+                yield images, labels
+        finally:  # also when the caller stops early: no decode outlives the epoch
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _prepare(self, batches: Iterator, side: torch.cuda.Stream | None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None] | None:
+        item = next(batches, None)
+        if item is None:
+            return None
+        k, (payloads, labels, paths, unreadable) = item
+        with self._on(side):
+            images, broken = decode_batch(payloads, paths, self.device, self.decoder)
             self.bad_files.add(unreadable + broken)
             keep = [i for i, image in enumerate(images) if image is not None]
             if not keep:
-                yield torch.empty(0), torch.empty(0, dtype=torch.long)
-                continue
+                return torch.empty(0), torch.empty(0, dtype=torch.long), None
             g = self.sampler.batch_generator(k, self.loader.batch_size)
-            yield self.augment.from_images([images[i] for i in keep], g), labels[keep].to(self.device)  # type: ignore[misc]
+            batch = self.augment.from_images([images[i] for i in keep], g), to_device(labels[keep], self.device)  # type: ignore[misc]
+            if side is None:
+                return *batch, None
+            ready = torch.cuda.Event()
+            ready.record(side)
+            return *batch, ready
+
+    def _on(self, side: torch.cuda.Stream | None) -> contextlib.ExitStack:
+        """The decoding thread's GPU and stream: a new thread starts on GPU 0 and its default stream, and under
+        torchrun this process may train on another GPU."""
+        stack = contextlib.ExitStack()
+        if side is not None:
+            stack.enter_context(torch.cuda.device(self.device))
+            stack.enter_context(torch.cuda.stream(side))
+        return stack
