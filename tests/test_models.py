@@ -150,9 +150,12 @@ def test_folded_batchnorm_matches_eval_model(name, make_input, randomize_bn, ass
     x = make_input(model)
     folded = for_inference(model, torch.device("cpu"))
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    convs = [m.weight for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)  # oneDNN's layout
     with torch.no_grad():
         assert_close(folded(x), model(x))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.is_contiguous() for p in model.parameters())  # the copy's layout only
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
