@@ -33,8 +33,8 @@ from resnets.tasks.common import resolve_device
 from resnets.training.sampling import EpochSampler
 
 
-def available_decoders() -> list[str]:
-    return ["torchcodec", "torchvision"] if jpeg_decoder() == "torchcodec" else ["torchvision"]
+def available_decoders(device: torch.device) -> list[str]:
+    return ["torchcodec", "torchvision"] if jpeg_decoder(device) == "torchcodec" else ["torchvision"]
 
 
 def sync(device: torch.device) -> None:
@@ -110,7 +110,7 @@ def main() -> None:
                        for _ in range(4)]
     results: dict[str, list[float]] = {}
     for _ in range(a.rounds):
-        for decoder in available_decoders():
+        for decoder in available_decoders(device):
             decode = JPEG_DECODERS[decoder]
             decode(payload_batches[0][0], device)
             sync(device)
@@ -122,21 +122,21 @@ def main() -> None:
                 sum(len(b[0]) for b in payload_batches) / (time.perf_counter() - t0))
         results.setdefault("step <- synthetic", []).append(
             rate(iter([(x, y)] * (a.steps + 1)), a.steps, device, step))
-        for decoder in available_decoders():
+        for decoder in available_decoders(device):
             for where, ahead in (("in turn", False), ("ahead on a thread", True)):
                 for stage, fed in (("files -> device batches", None), ("step <- device decode", step)):
                     loader = decoding_loader(samples, a, device, decoder, data_cfg, a.img_size)
                     batches = iter(loader) if ahead else in_turn(loader)
                     results.setdefault(f"{stage}, {decoder}, {where}", []).append(rate(batches, a.steps, device, fed))
         print(f"round {len(results['step <- synthetic'])} done", flush=True)
-    rows = [dict(stage=name, images_per_second=statistics.median(v), rounds=v) for name, v in results.items()]
+        rows = [dict(stage=name, images_per_second=statistics.median(v), rounds=v) for name, v in results.items()]
+        if a.json:  # after every round: a run cut short by its time limit keeps what it measured
+            Path(a.json).write_text(json.dumps(dict(device=str(device), torch=torch.__version__, model=a.model,
+                                                    batch=a.batch, img_size=a.img_size, workers=a.workers,
+                                                    images=len(samples), rows=rows), indent=1))
     for row in rows:
         print(f"{row['stage']:<58} {row['images_per_second']:>9,.0f} img/s   rounds: "
               + ", ".join(f"{v:,.0f}" for v in row["rounds"]))
-    if a.json:
-        Path(a.json).write_text(json.dumps(dict(device=str(device), torch=torch.__version__, model=a.model,
-                                                batch=a.batch, img_size=a.img_size, workers=a.workers,
-                                                images=len(samples), rows=rows), indent=1))
 
 
 if __name__ == "__main__":

@@ -99,17 +99,15 @@ case $phase in
     done
     RUN_TIMEOUT=150 run "resnet50-infer-autotune" --model resnet50 --mode infer --compile max-autotune-no-cudagraphs --rounds 2 --inductor conv_1x1_as_mm=true
     ;;
-  next-data)  # the step fed by files after the bench's warm-up fix, eager and compiled; --decode-on-device's
-    # decoders and decoding thread (benchmarks/device_decode.py); then the device-facing tests
+  next-data)  # the step fed by files after the bench's warm-up fix, eager; --decode-on-device's decoders and
+    # decoding thread (benchmarks/device_decode.py) and their GPU tests; then compiled, and CUDA graphs
     python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
     run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     echo "=== --decode-on-device: TorchCodec against torchvision, decoding in turn with the step against ahead of it"
-    timeout 240 python3 benchmarks/device_decode.py /tmp/jpegs --json "$out/device-decode.json" 2>&1 | grep -v Warn
+    timeout 200 python3 benchmarks/device_decode.py /tmp/jpegs --json "$out/device-decode.json" 2>&1 | grep -v Warn
+    OMP_NUM_THREADS=2 timeout 150 python3 -m pytest -q -n 4 -rfE -p no:cacheprovider tests/test_device_decode.py \
+      tests/test_gpu_sync.py 2>&1 | grep -v "Benchmark\|warner(" | tee "$out/tests.log" | tail -15
     run "resnet50-data-compiled" --model resnet50 --mode train --compile default --data /tmp/jpegs -j 16 --steps 40 --rounds 2
-    left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
-    [ $left -gt 120 ] && OMP_NUM_THREADS=2 timeout $(( left > 300 ? left - 150 : left )) python3 -m pytest -q -n 6 \
-      -rfE -p no:cacheprovider tests/test_device_decode.py tests/test_train.py tests/test_bench.py tests/test_gpu_sync.py \
-      2>&1 | grep -v "Benchmark\|warner(" | tee "$out/tests.log" | tail -15
     left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
     echo "=== the trainer with CUDA graphs: resnet50, 1 epoch of /tmp/jpegs ($left s left)"
     [ $left -gt 60 ] && timeout $left python3 -m resnets train --data-dir /tmp/jpegs --model resnet50 --epochs 1 \

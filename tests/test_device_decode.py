@@ -1,8 +1,8 @@
 """--decode-on-device: which files go to the device decoder, what it gives back, and how failures are named."""
 from __future__ import annotations
 
-import importlib.util
 import io
+import sys
 import threading
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from resnets.data.resident import DeviceAugment
 from resnets.models import get_config
 from resnets.training.sampling import EpochSampler
 
-HAS_TORCHCODEC = importlib.util.find_spec("torchcodec") is not None
+HAS_TORCHCODEC = jpeg_decoder() == "torchcodec"  # installed, and it decodes here
 DECODERS = [pytest.param("torchcodec", marks=pytest.mark.skipif(not HAS_TORCHCODEC, reason="torchcodec not installed")),
             "torchvision"]
 
@@ -107,16 +107,36 @@ def test_training_with_decode_on_device_skips_and_lists_broken_files(tmp_path):
     assert "broken.jpg" in listed and "cmyk.jpg" not in listed
 
 
-def test_torchcodec_decodes_where_it_is_installed_and_torchvision_elsewhere(monkeypatch):
+def test_torchcodec_decodes_where_it_works_and_torchvision_elsewhere(monkeypatch, capsys):
     # torchvision's image decoding is deprecated since 0.29; TorchCodec (>= 0.16) succeeds it
-    jpeg_decoder.cache_clear()
+    def broken(*args):
+        raise RuntimeError("torchcodec was not compiled with nvJPEG support\nmore")
+
     try:
-        assert jpeg_decoder() == ("torchcodec" if HAS_TORCHCODEC else "torchvision")
-        jpeg_decoder.cache_clear()
-        monkeypatch.setitem(__import__("sys").modules, "torchcodec", None)  # an import of it fails
-        assert jpeg_decoder() == "torchvision"
+        device_decode._working_decoder.cache_clear()
+        for name in ("torchcodec", "torchcodec.decoders"):  # not installed: its import fails
+            monkeypatch.setitem(sys.modules, name, None)
+        assert jpeg_decoder() == "torchvision" and capsys.readouterr().err == ""
+        monkeypatch.undo()
+        device_decode._working_decoder.cache_clear()
+        monkeypatch.setattr(device_decode, "_torchcodec_decode", broken)  # installed, but it cannot decode
+        assert jpeg_decoder("cpu") == "torchvision"
+        assert capsys.readouterr().err == ("warning: TorchCodec cannot decode JPEGs on cpu (RuntimeError: torchcodec "
+                                           "was not compiled with nvJPEG support); using torchvision's decoder\n")
     finally:
-        jpeg_decoder.cache_clear()
+        device_decode._working_decoder.cache_clear()
+
+
+def test_a_device_decoder_that_fails_on_good_files_is_reported_once(monkeypatch, capsys):
+    def refuse(*args):
+        raise RuntimeError("nvjpeg: status 7")
+
+    monkeypatch.setitem(JPEG_DECODERS, "torchvision", refuse)
+    good = torch.frombuffer(bytearray(jpeg()), dtype=torch.uint8)
+    for _ in range(3):
+        images, broken = decode_batch([good, good], ["a.jpg", "b.jpg"], torch.device("cpu"), "torchvision")
+        assert not broken and all(image.shape == (3, 30, 40) for image in images)
+    assert capsys.readouterr().err.count("warning: the torchvision JPEG decoder failed") == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: nvJPEG")
@@ -157,14 +177,16 @@ def jpeg_folder(root: Path, count: int = 20, broken: tuple[int, ...] = ()) -> li
     return samples
 
 
-def decoding_loader(samples, batch_size: int = 4, **kwargs) -> DeviceDecodeLoader:
+def decoding_loader(samples, batch_size: int = 4, device: str = "cpu", **kwargs) -> DeviceDecodeLoader:
     sampler = EpochSampler(len(samples), seed=0)
     files = DataLoader(EncodedFiles(samples), batch_size=batch_size, sampler=sampler, collate_fn=collate_encoded)
     augment = DeviceAugment(get_config("cifar_resnet20").data_config(), 16, hflip=0.5)
-    return DeviceDecodeLoader(files, sampler, augment, torch.device("cpu"), BadFiles(len(samples), 0.5), **kwargs)
+    return DeviceDecodeLoader(files, sampler, augment, torch.device(device), BadFiles(len(samples), 0.5), **kwargs)
 
 
-def test_batches_decoded_ahead_on_their_own_thread_are_those_decoded_in_turn(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU: the decoding thread's own stream"))])
+def test_batches_decoded_ahead_on_their_own_thread_are_those_decoded_in_turn(tmp_path, monkeypatch, device):
     order = [index for _, index in EpochSampler(20, seed=0)]
     broken = (*order[8:12], order[13])  # batch 3: nothing readable; batch 4: one broken file
     samples = jpeg_folder(tmp_path, broken=broken)
@@ -174,7 +196,7 @@ def test_batches_decoded_ahead_on_their_own_thread_are_those_decoded_in_turn(tmp
                         lambda *args: threads.add(threading.current_thread().name) or decode(*args))
     in_turn = []  # decode_batch and the augmentation called batch by batch, as before the decoding thread
     for k, (payloads, labels, paths, unreadable) in enumerate(decoding_loader(samples).loader):
-        images, _ = decode_batch(payloads, paths, torch.device("cpu"))
+        images, _ = decode_batch(payloads, paths, torch.device(device))
         keep = [i for i, image in enumerate(images) if image is not None]
         g = EpochSampler(len(samples), seed=0).batch_generator(k, 4)
         in_turn.append((DeviceAugment(get_config("cifar_resnet20").data_config(), 16, hflip=0.5)
@@ -182,13 +204,14 @@ def test_batches_decoded_ahead_on_their_own_thread_are_those_decoded_in_turn(tmp
     assert threading.current_thread().name in threads and in_turn[2] is None
     for prefetch in (1, 3):
         threads.clear()
-        loader = decoding_loader(samples, prefetch=prefetch)
+        loader = decoding_loader(samples, device=device, prefetch=prefetch)
         batches = list(loader)
         assert threads and all(name.startswith("resnets-decode") for name in threads)
         assert len(batches) == len(in_turn) == 5 and batches[2][1].numel() == 0  # yielded empty, and counted
+        assert loader.yields_empty_batches  # so the processes of a run agree on skipping such a batch
         for (images, labels), expected in zip(batches, in_turn):
             if expected is not None:
-                assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
+                assert torch.equal(images.cpu(), expected[0].cpu()) and torch.equal(labels.cpu(), expected[1])
         assert sorted(loader.bad_files.reasons) == sorted(samples[i][0] for i in broken)
 
 
@@ -223,7 +246,8 @@ def test_the_gpu_measurement_script_runs_every_variant_on_the_cpu(tmp_path):
                            "--device", "cpu", "--model", "cifar_resnet20", "--batch", "4", "--img-size", "32",
                            "--steps", "2", "--rounds", "1", "--workers", "0", "--json", str(tmp_path / "rows.json")],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1",  # the caller's path too: it may hold TorchCodec
+                                               "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])})
     assert done.returncode == 0, done.stderr
     rows = {r["stage"]: r["images_per_second"] for r in json.loads((tmp_path / "rows.json").read_text())["rows"]}
     decoders = ["torchcodec", "torchvision"] if HAS_TORCHCODEC else ["torchvision"]

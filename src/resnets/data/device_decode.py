@@ -16,6 +16,7 @@ import contextlib
 import functools
 import io
 import math
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -51,16 +52,32 @@ JPEG_DECODERS: dict[str, Callable[[list[torch.Tensor], torch.device], list[torch
     "torchcodec": _torchcodec_decode, "torchvision": _torchvision_decode}
 
 
-@functools.cache
-def jpeg_decoder() -> str:
-    """The batched JPEG decoder to use: TorchCodec's where it is installed, else torchvision's.
+def jpeg_decoder(device: torch.device | str = "cpu") -> str:
+    """The batched JPEG decoder to use on `device`: TorchCodec's where it is installed and decodes there,
+    else torchvision's.
 
     TorchCodec (>= 0.16) succeeds torchvision's image decoding, deprecated since torchvision 0.29. Both send
     baseline JPEGs to nvJPEG's hardware backend where the GPU has one (A100, H100); which is faster on a
-    given GPU is what `benchmarks/device_decode.py` measures."""
+    given GPU is what `benchmarks/device_decode.py` measures. A TorchCodec that imports but cannot decode
+    on the device (a build without nvJPEG, libraries that do not match this torch) would send every batch
+    to the slow file-by-file fallback of `decode_batch`: it is tried on one small JPEG first."""
+    return _working_decoder(torch.device(device).type)
+
+
+@functools.cache
+def _working_decoder(device_type: str) -> str:
     try:
-        import torchcodec.decoders  # noqa: F401
-    except (ImportError, OSError, RuntimeError):  # not installed, or its libraries do not load with this torch
+        probe = io.BytesIO()
+        Image.new("RGB", (16, 8), "orange").save(probe, "JPEG")
+        (image,) = _torchcodec_decode([torch.frombuffer(bytearray(probe.getvalue()), dtype=torch.uint8)],
+                                      torch.device(device_type))
+        if image.shape != (3, 8, 16):
+            raise RuntimeError(f"decoded a {tuple(image.shape)} image from a (3, 8, 16) one")
+    except ImportError:  # not installed: the documented default
+        return "torchvision"
+    except Exception as e:  # installed but broken here: say so once, decode on
+        print(f"warning: TorchCodec cannot decode JPEGs on {device_type} ({type(e).__name__}: "
+              f"{str(e).splitlines()[0] if str(e) else ''}); using torchvision's decoder", file=sys.stderr)
         return "torchvision"
     return "torchcodec"
 
@@ -107,23 +124,32 @@ def collate_encoded(batch: list[Any]) -> tuple[list[torch.Tensor], torch.Tensor,
 def decode_batch(payloads: list[torch.Tensor], paths: list[str], device: torch.device, decoder: str | None = None,
                  ) -> tuple[list[torch.Tensor | None], list[Unreadable]]:
     """(3, H, W) uint8 images on `device` (None where a file turned out broken), and the broken ones;
-    `decoder` names one of JPEG_DECODERS (default: `jpeg_decoder()`)."""
+    `decoder` names one of JPEG_DECODERS (default: `jpeg_decoder(device)`)."""
     images: list[torch.Tensor | None] = [p.to(device, non_blocking=True) if p.ndim == 3 else None for p in payloads]
     encoded = [i for i, p in enumerate(payloads) if p.ndim == 1]
     broken: list[Unreadable] = []
     if encoded:
         try:
-            decoded = JPEG_DECODERS[decoder or jpeg_decoder()]([payloads[i] for i in encoded], device)
+            decoded = JPEG_DECODERS[decoder or jpeg_decoder(device)]([payloads[i] for i in encoded], device)
             for i, image in zip(encoded, decoded):
                 images[i] = image
-        except RuntimeError:
+        except RuntimeError as e:
             for i in encoded:  # one by one on the CPU: name the file that breaks the batch
                 try:
                     image = decode_image(payloads[i].numpy().tobytes(), paths[i])
                     images[i] = v2.functional.pil_to_tensor(image).to(device)
-                except BrokenImageError as e:
-                    broken.append(Unreadable(paths[i], e.reason))
+                except BrokenImageError as error:
+                    broken.append(Unreadable(paths[i], error.reason))
+            if not broken:  # no file to blame: the device decoder itself failed, and the CPU now does its work
+                _warn_once(f"the {decoder or jpeg_decoder(device)} JPEG decoder failed on a batch that the CPU "
+                           f"decodes ({str(e).splitlines()[0] if str(e) else type(e).__name__}); such batches are "
+                           f"decoded on the CPU, one file at a time")
     return images, broken
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 class DeviceDecodeLoader:
@@ -140,7 +166,7 @@ class DeviceDecodeLoader:
     def __init__(self, loader, sampler, augment: DeviceAugment, device: torch.device, bad_files: BadFiles,
                  decoder: str | None = None, prefetch: int = 2):
         self.loader, self.sampler, self.augment = loader, sampler, augment
-        self.device, self.bad_files, self.decoder = device, bad_files, decoder or jpeg_decoder()
+        self.device, self.bad_files, self.decoder = device, bad_files, decoder or jpeg_decoder(device)
         self.prefetch = max(1, prefetch)
 
     def __len__(self) -> int:
@@ -171,6 +197,11 @@ class DeviceDecodeLoader:
             return None
         k, (payloads, labels, paths, unreadable) = item
         with self._on(side):
+            if side is not None:
+                # The decoders allocate their output on this stream but write it from a private one that does
+                # not wait for this stream: the memory of the last batch, freed here, may still be read by its
+                # queued crops. Waiting costs this thread a few kernels, never the training stream.
+                side.synchronize()
             images, broken = decode_batch(payloads, paths, self.device, self.decoder)
             self.bad_files.add(unreadable + broken)
             keep = [i for i, image in enumerate(images) if image is not None]
