@@ -24,10 +24,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from resnets.bench import BenchSettings, make_step
 from resnets.data.bad_files import BadFiles
-from resnets.data.device_decode import (JPEG_DECODERS, DeviceDecodeLoader, EncodedFiles, collate_encoded,
-                                        decode_batch, jpeg_decoder)
+from resnets.data.device_decode import JPEG_DECODERS, DeviceDecodeLoader, EncodedFiles, collate_encoded, jpeg_decoder
 from resnets.data.resident import DeviceAugment
-from resnets.data.transforms import to_device
 from resnets.models import create_model, get_config
 from resnets.tasks.common import resolve_device
 from resnets.training.sampling import EpochSampler
@@ -52,12 +50,11 @@ def decoding_loader(samples: list[tuple[str, int]], a: argparse.Namespace, devic
 
 
 def in_turn(loader: DeviceDecodeLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader as it was: each batch decoded and augmented in the caller's thread, then trained on."""
-    for k, (payloads, labels, paths, _) in enumerate(loader.loader):
-        images, _ = decode_batch(payloads, paths, loader.device, loader.decoder)
-        keep = [i for i, image in enumerate(images) if image is not None]
-        g = loader.sampler.batch_generator(k, loader.loader.batch_size)
-        yield loader.augment.from_images([images[i] for i in keep], g), to_device(labels[keep], loader.device)
+    """The loader as it was: each batch decoded and augmented in the caller's thread and on its stream (the
+    loader's own batch preparation, without the thread), then trained on."""
+    batches = enumerate(loader.loader)
+    while (batch := loader._prepare(batches, None)) is not None:
+        yield batch[0], batch[1]
 
 
 def rate(batches: Iterator, steps: int, device: torch.device, step: Callable | None) -> float:

@@ -237,7 +237,6 @@ def test_the_gpu_measurement_script_runs_every_variant_on_the_cpu(tmp_path):
     import json
     import os
     import subprocess
-    import sys
 
     for label in ("a", "b"):
         jpeg_folder(tmp_path / "data" / label, count=8)

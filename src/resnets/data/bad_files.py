@@ -43,7 +43,7 @@ def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list
     return images, labels, broken
 
 
-def _print_warning(message: str) -> None:
+def print_warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
@@ -57,7 +57,7 @@ class BadFiles:
     """
 
     def __init__(self, total: int, max_fraction: float, csv_path: str | Path | None = None,
-                 warn: Callable[[str], None] = _print_warning) -> None:
+                 warn: Callable[[str], None] = print_warning) -> None:
         if not 0.0 <= max_fraction < 1.0:
             raise DataError(f"max_bad_fraction must be in [0, 1), got {max_fraction}")
         self.total, self.max_fraction, self.warn = total, max_fraction, warn

@@ -16,7 +16,6 @@ import contextlib
 import functools
 import io
 import math
-import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -26,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .bad_files import BadFiles, Unreadable
+from .bad_files import BadFiles, Unreadable, print_warning
 from .images import BrokenImageError, decode_image, read_bytes
 from .resident import DeviceAugment
 from .transforms import to_device
@@ -76,10 +75,14 @@ def _working_decoder(device_type: str) -> str:
     except ImportError:  # not installed: the documented default
         return "torchvision"
     except Exception as e:  # installed but broken here: say so once, decode on
-        print(f"warning: TorchCodec cannot decode JPEGs on {device_type} ({type(e).__name__}: "
-              f"{str(e).splitlines()[0] if str(e) else ''}); using torchvision's decoder", file=sys.stderr)
+        print_warning(f"TorchCodec cannot decode JPEGs on {device_type} ({type(e).__name__}: {_first_line(e)}); "
+                       f"using torchvision's decoder")
         return "torchvision"
     return "torchcodec"
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
 
 
 def device_decodable(data: bytes) -> bool:
@@ -129,8 +132,9 @@ def decode_batch(payloads: list[torch.Tensor], paths: list[str], device: torch.d
     encoded = [i for i, p in enumerate(payloads) if p.ndim == 1]
     broken: list[Unreadable] = []
     if encoded:
+        decoder = decoder or jpeg_decoder(device)
         try:
-            decoded = JPEG_DECODERS[decoder or jpeg_decoder(device)]([payloads[i] for i in encoded], device)
+            decoded = JPEG_DECODERS[decoder]([payloads[i] for i in encoded], device)
             for i, image in zip(encoded, decoded):
                 images[i] = image
         except RuntimeError as e:
@@ -141,15 +145,13 @@ def decode_batch(payloads: list[torch.Tensor], paths: list[str], device: torch.d
                 except BrokenImageError as error:
                     broken.append(Unreadable(paths[i], error.reason))
             if not broken:  # no file to blame: the device decoder itself failed, and the CPU now does its work
-                _warn_once(f"the {decoder or jpeg_decoder(device)} JPEG decoder failed on a batch that the CPU "
-                           f"decodes ({str(e).splitlines()[0] if str(e) else type(e).__name__}); such batches are "
-                           f"decoded on the CPU, one file at a time")
+                _warn_once(f"the {decoder} JPEG decoder failed on a batch that the CPU decodes "
+                           f"({_first_line(e) or type(e).__name__}); such batches are decoded on the CPU, one file "
+                           f"at a time")
     return images, broken
 
 
-@functools.cache
-def _warn_once(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+_warn_once = functools.cache(print_warning)  # per message
 
 
 class DeviceDecodeLoader:
