@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 import resnets
 import resnets.training.trainer as trainer
 from resnets.cli import main
-from resnets.data import BrokenImageError, DataError, eval_transform, list_images, load_image, train_transform
+from resnets.data import (BrokenImageError, DataError, eval_transform, list_images, load_image, load_splits,
+                          train_transform)
 from resnets.data.bad_files import BadFiles, SkipUnreadable, Unreadable, collate_skipping
 from resnets.data.check import check_data
 from resnets.data.datasets import ImageFiles
@@ -485,7 +486,7 @@ def test_check_data_on_clean_data_exits_0(tmp_path, capsys) -> None:
         (tmp_path / split / "a" / ".DS_Store").write_bytes(b"junk")
     code, out, _ = check_cli(capsys, tmp_path, "-j", "1")
     assert code == 0 and out.strip().endswith("no problems found")
-    assert "train: " in out and "val: " in out and "imbalance: 1.0x" in out
+    assert "train: " in out and "val: " in out and "imbalance: 1.0x (classes are balanced)" in out
 
 
 def problem_data(root: Path) -> dict[str, object]:
@@ -571,3 +572,47 @@ def test_a_class_whose_every_file_is_broken_stops_the_run(tmp_path, capsys) -> N
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "every training image of class 'c' is unreadable" in err[-1]
     assert "epoch   2/2" not in "\n".join(err)  # stopped after the first epoch
+
+
+def two_classes(root: Path, n: int = 10, classes: tuple[str, ...] = ("a", "b")) -> Path:
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(noise(8, 8, seed=100 * k + i)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_check_data_training_and_predict_read_the_same_files_through_a_symlink_loop(tmp_path, capsys) -> None:
+    root = two_classes(tmp_path / "loop")
+    (root / "a" / "up").symlink_to("..")
+    splits = load_splits("folder", root)
+    trained_on = sorted(f for f, _ in splits.train.samples + splits.val.samples)
+    assert trained_on == sorted(map(str, list_images([root])))  # what predict reads
+    assert len(trained_on) == 20
+    capsys.readouterr()
+    code, out, err = check_cli(capsys, root, "-j", "1")
+    assert code == 0 and out.startswith(f"{root}: 20 files decoded")
+    assert err.count("warning: ") == 1 and "skipped 1 symlink" in err
+
+
+def test_check_data_reports_a_single_class_as_training_refuses_it(tmp_path, capsys) -> None:
+    root = two_classes(tmp_path / "one", n=3, classes=("a",))
+    with pytest.raises(DataError) as refused:
+        load_splits("folder", root)
+    code, out, _ = check_cli(capsys, root, "-j", "1")
+    assert code == 1 and out.strip().endswith(f"1 problem: {refused.value}")
+
+
+def test_check_data_refuses_splits_that_are_one_folder_as_training_does(tmp_path, capsys) -> None:
+    train = two_classes(tmp_path / "train", n=2)
+    for argv, says in (([train, "--val-dir", train], "are the same folder"),
+                       ([tmp_path, "--val-dir", tmp_path], f"train folder {train} is inside val folder"),
+                       ([train, "--val-dir", train / "a"], f"val folder {train / 'a'} is inside train folder")):
+        code, out, err = check_cli(capsys, *argv, "-j", "1")
+        assert code == 2 and out == "" and err.count("\n") == 1, argv
+        assert err.startswith("resnets check-data: error: ") and says in err and "(leakage)" in err
+    (tmp_path / "val").symlink_to("train")
+    with pytest.raises(DataError) as refused:
+        load_splits("folder", tmp_path)
+    code, _, err = check_cli(capsys, tmp_path, "-j", "1")
+    assert code == 2 and err == f"resnets check-data: error: {refused.value}\n"

@@ -6,6 +6,7 @@ from the pixels alone whether an item carries the right label.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -175,6 +176,55 @@ def test_train_and_val_folders_with_different_classes(tmp_path: Path) -> None:
     make_folder(tmp_path / "train", {"apple": 3, "banana": 3, "cherry": 3})
     make_folder(tmp_path / "val", {"apple": 1, "banana": 1, "durian": 1})
     with pytest.raises(DataError, match=r"different classes: only in train: cherry; only in val: durian"):
+        load_splits("folder", tmp_path)
+
+
+# ---------------------------------------------------------------- symlinks
+
+
+def test_a_symlink_loop_lists_each_image_once_and_says_so(tmp_path: Path, capsys) -> None:
+    root = make_folder(tmp_path / "fruit", {"apple": 10, "banana": 10})
+    (root / "apple" / "up").symlink_to("..")  # apple/up/apple/up/...: ImageFolder lists each image dozens of times
+    splits = load_splits("folder", root)
+    train, val = ([os.path.realpath(p) for p in paths(split)] for split in (splits.train, splits.val))
+    assert len(train) + len(val) == 20 and not set(train) & set(val)
+    assert splits.description.startswith(f"ImageFolder {root}: 16 train / 4 val, 2 classes")
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {root}: skipped 1 symlink to a folder or file already listed")
+
+
+def test_links_to_folders_and_files_elsewhere_are_followed_as_imagefolder_does(tmp_path: Path, capsys) -> None:
+    elsewhere = make_folder(tmp_path / "elsewhere", {"apple": 3, "banana": 3, "cherry": 4})
+    root = make_folder(tmp_path / "fruit", {"apple": 4, "banana": 4})
+    write_image(root / "banana" / "nested" / "deep.png", COLORS["banana"])
+    (root / "cherry").symlink_to(elsewhere / "cherry")  # a class folder kept on another disk
+    (root / "apple" / "more").symlink_to(elsewhere / "apple")
+    (root / "banana" / "extra.jpg").symlink_to(elsewhere / "banana" / "banana_00.jpg")
+    dataset, _, class_names = load_eval_set(root, None)
+    assert paths(dataset) == [path for path, _ in tv_datasets.ImageFolder(str(root)).samples]  # same order too
+    assert class_names == ["apple", "banana", "cherry"] and len(dataset) == 4 + 3 + 4 + 1 + 1 + 4
+    assert_labels_match_pixels(dataset, class_names)
+    assert capsys.readouterr().err == ""
+
+
+def test_two_links_to_one_place_count_once_and_a_linked_file_keeps_its_own_class(tmp_path: Path, capsys) -> None:
+    elsewhere = make_folder(tmp_path / "elsewhere", {"cherry": 3})
+    root = make_folder(tmp_path / "fruit", {"apple": 4, "banana": 4})
+    (root / "apple" / "x").symlink_to(elsewhere / "cherry")
+    (root / "banana" / "y").symlink_to(elsewhere / "cherry")
+    (root / "apple" / "b1.png").symlink_to(root / "banana" / "banana_01.png")
+    dataset, labels, _ = load_eval_set(root, None)
+    real = [os.path.realpath(p) for p in paths(dataset)]
+    assert len(set(real)) == len(real) == 11
+    assert Counter(labels) == {0: 4 + 3, 1: 4}  # cherry once, under the first link; banana_01 stays banana's
+    assert str(root / "banana" / "banana_01.png") in paths(dataset)
+    assert "skipped 2 symlinks" in capsys.readouterr().err
+
+
+def test_a_val_folder_that_is_the_train_folder_is_refused(tmp_path: Path) -> None:
+    make_folder(tmp_path / "train", {"apple": 3, "banana": 3})
+    (tmp_path / "val").symlink_to("train")
+    with pytest.raises(DataError, match=r"train folder .*train and val folder .*val are the same folder.*leakage"):
         load_splits("folder", tmp_path)
 
 

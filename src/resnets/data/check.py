@@ -13,8 +13,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import class_difference, class_folders
-from .images import BrokenImageError, DataError, decode_image, list_images, read_bytes
+from .datasets import class_difference, class_folders, split_overlap, too_few_classes
+from .images import BrokenImageError, DataError, decode_image, read_bytes
+from .walk import find_images
 
 MAX_IMBALANCE = 10.0  # largest / smallest class above this is reported as a problem
 MAX_LISTED = 20  # lines per section of the printed report; the DataReport holds everything
@@ -50,6 +51,7 @@ class DataReport:
     duplicates: list[list[str]] = field(default_factory=list)  # byte-identical readable files within a split
     leaks: list[list[str]] = field(default_factory=list)  # byte-identical files in two or more splits
     class_mismatch: list[str] = field(default_factory=list)  # "val: missing ...; extra ...": not train's classes
+    too_few_classes: str | None = None  # the message training refuses the data with: one class only
     max_imbalance: float = MAX_IMBALANCE
     files: int = 0
     workers: int = 1
@@ -58,7 +60,7 @@ class DataReport:
     @property
     def problems(self) -> list[str]:
         """One line per kind of problem found; empty when the data is clean."""
-        found = []
+        found = [self.too_few_classes] if self.too_few_classes else []
         if self.broken:
             found.append(_count(len(self.broken), 'unreadable file'))
         for split in self.splits:
@@ -86,9 +88,7 @@ class DataReport:
                 lines.append(f"  {name:<{width}}  {n:>8,}{'  EMPTY' if n == 0 else ''}")
             nonempty = {k: v for k, v in split.class_counts.items() if v}
             if len(nonempty) > 1:
-                big, small = max(nonempty, key=nonempty.get), min(nonempty, key=nonempty.get)
-                lines.append(f"  imbalance: {split.imbalance:.1f}x ({big} {nonempty[big]:,} / "
-                             f"{small} {nonempty[small]:,})")
+                lines.append(f"  imbalance: {split.imbalance:.1f}x ({_extremes(nonempty)})")
         sections = [("unreadable files", [f"{f}: {reason}" for f, reason in self.broken]),
                     ("identical files within a split", [" = ".join(g) for g in self.duplicates]),
                     ("identical files in different splits (leakage)", [" = ".join(g) for g in self.leaks])]
@@ -107,6 +107,14 @@ def _count(n: int, word: str, plural: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else plural or word + 's'}"
 
 
+def _extremes(counts: dict[str, int]) -> str:
+    """The largest and the smallest class with their counts; with all classes equal there are none to name."""
+    big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+    if counts[big] == counts[small]:
+        return "classes are balanced"
+    return f"{big} {counts[big]:,} / {small} {counts[small]:,}"
+
+
 def inspect_file(path: str) -> tuple[str, str, str | None]:
     """(path, hash of the bytes, None) for a readable image; (path, hash or "", reason) for a broken one."""
     try:
@@ -122,16 +130,24 @@ def inspect_file(path: str) -> tuple[str, str, str | None]:
 
 
 def _layout(path: Path, val_dir: Path | None) -> list[tuple[str, Path]]:
-    """(split name, folder) pairs: train/ with val/ and test/ where present, or --val-dir, or the folder alone."""
+    """(split name, folder) pairs: train/ with val/ and test/ where present, or --val-dir, or the folder alone.
+
+    Splits that are one folder, or one inside another, are refused as training refuses them: each file
+    would belong to two splits, and the report would count it in one and leave the other empty.
+    """
     if not path.is_dir():
         raise DataError(f"{path}: no such folder")
     train = path / "train" if (path / "train").is_dir() else path
     if val_dir is not None:
         if not val_dir.is_dir():
             raise DataError(f"{val_dir}: no such folder")
-        return [("train", train), ("val", val_dir)]
-    held_out = [(name, path / name) for name in ("val", "test") if train != path and (path / name).is_dir()]
-    return [("train" if train != path else "data", train), *held_out]
+        layout = [("train", train), ("val", val_dir)]
+    else:
+        held_out = [(name, path / name) for name in ("val", "test") if train != path and (path / name).is_dir()]
+        layout = [("train" if train != path else "data", train), *held_out]
+    if overlap := split_overlap(layout):
+        raise DataError(overlap)
+    return layout
 
 
 def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path | None = None,
@@ -155,9 +171,9 @@ def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path
     splits = []
     for name, root in layout:
         classes = class_folders(root)
-        for cls in classes:
-            for f in list_images([root / cls]):
-                owner[str(f)] = (name, cls)
+        # The files training would read: the same walk, so the counts here are the run's counts.
+        for file, label in find_images(root, {cls: i for i, cls in enumerate(classes)}):
+            owner[file] = (name, classes[label])
         splits.append(SplitReport(name, str(root), dict.fromkeys(classes, 0)))
     paths = list(owner)
     if workers == 1 or len(paths) < 2 * workers:
@@ -191,5 +207,6 @@ def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path
     mismatch = [f"{split.name}: {difference}" for split in splits[1:]
                 if (difference := class_difference(list(splits[0].class_counts), list(split.class_counts)))]
     return DataReport(str(path), splits, sorted(broken), sorted(duplicates), sorted(leaks), mismatch,
-                      max_imbalance, files=len(paths), workers=workers if len(paths) >= 2 * workers else 1,
-                      seconds=time.perf_counter() - start)
+                      too_few_classes=too_few_classes(list(splits[0].class_counts), splits[0].root),
+                      max_imbalance=max_imbalance, files=len(paths),
+                      workers=workers if len(paths) >= 2 * workers else 1, seconds=time.perf_counter() - start)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
-from torchvision.datasets.folder import find_classes, make_dataset
+from torchvision.datasets.folder import find_classes
 from torchvision.transforms import v2
 
-from .bad_files import Unreadable
+from .bad_files import Unreadable, print_warning
 from .images import BrokenImageError, DataError, is_image_file, load_image
+from .walk import find_images
 
 Transform = Callable[[Any], Any] | None
+Warn = Callable[[str], None]
 DIGITS_SIZE = 32  # scikit-learn's 8x8 digits upscaled to CIFAR's size, so the CIFAR ResNets run on them as-is
 CIFAR = {"cifar10": (datasets.CIFAR10, "CIFAR-10"), "cifar100": (datasets.CIFAR100, "CIFAR-100")}
 MAX_NAMED = 5  # how many offending files an error message lists before "..."
@@ -90,12 +93,6 @@ def _named(items: Sequence[Any]) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > MAX_NAMED else "")
 
 
-def _is_image_under(root: str, path: str) -> bool:
-    # make_dataset walks into subfolders too: skip hidden ones (.ipynb_checkpoints, .thumbnails) as well.
-    relative = Path(path).relative_to(root)
-    return is_image_file(relative) and not any(part.startswith(".") for part in relative.parts)
-
-
 def class_folders(root: Path) -> list[str]:
     """Sorted class folder names of an ImageFolder root; hidden ones (.ipynb_checkpoints) are not classes."""
     if not root.is_dir():
@@ -110,18 +107,17 @@ def class_folders(root: Path) -> list[str]:
     return names
 
 
-def scan_image_folder(root: Path,
-                      class_to_idx: dict[str, int] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+def scan_image_folder(root: Path, class_to_idx: dict[str, int] | None = None,
+                      warn: Warn = print_warning) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names and (path, label) samples of an ImageFolder root: <root>/<class>/**/<image>.
 
-    Labels follow `class_to_idx`, by default the sorted class folders. Non-image and hidden files are
-    ignored; a class folder with no images is an error (that class would get no training signal and a
-    meaningless val accuracy).
+    Labels follow `class_to_idx`, by default the sorted class folders. Files are found by `find_images`.
+    A class folder with no images is an error (that class would get no training signal and a meaningless
+    val accuracy).
     """
     if class_to_idx is None:
         class_to_idx = {name: i for i, name in enumerate(class_folders(root))}
-    samples = make_dataset(root, class_to_idx, is_valid_file=functools.partial(_is_image_under, str(root)),
-                           allow_empty=True)
+    samples = find_images(root, class_to_idx, warn)
     if not samples:
         raise DataError(f"no images in {root} (looked in {_counted(len(class_to_idx), 'class folder')})")
     found = {label for _, label in samples}
@@ -170,9 +166,32 @@ def stratified_split(labels: Sequence[int], class_names: Sequence[str], val_frac
     return sorted(train), sorted(val)
 
 
-def _check_classes(class_names: Sequence[str], where: str) -> None:
+def too_few_classes(class_names: Sequence[str], where: str) -> str | None:
+    """Why these classes cannot train a classifier, or None. Training refuses them; check-data reports it."""
     if len(class_names) < 2:
-        raise DataError(f"{where} has only one class ({_named(list(class_names))}); classification needs at least 2")
+        return f"{where} has only one class ({_named(list(class_names))}); classification needs at least 2"
+    return None
+
+
+def _check_classes(class_names: Sequence[str], where: str) -> None:
+    if problem := too_few_classes(class_names, where):
+        raise DataError(problem)
+
+
+def split_overlap(splits: Sequence[tuple[str, Path]]) -> str | None:
+    """Why these (name, folder) splits are not apart, or None: two are one folder, or one holds another
+    (symlinks resolved). The inner one's images would then be in both splits, and val accuracy would
+    measure memory, not generalisation."""
+    resolved = [(f"{name} folder {folder}", Path(os.path.realpath(folder))) for name, folder in splits]
+    for i, (first, first_real) in enumerate(resolved):
+        for second, second_real in resolved[i + 1:]:
+            if first_real == second_real:
+                return f"{first} and {second} are the same folder: its images would be in both (leakage)"
+            if first_real in second_real.parents:
+                return f"{second} is inside {first}: its images would be in both (leakage)"
+            if second_real in first_real.parents:
+                return f"{first} is inside {second}: its images would be in both (leakage)"
+    return None
 
 
 def _split_info(val_fraction: float, seed: int) -> str:
@@ -210,6 +229,8 @@ def _folder_splits(data_dir: Path, val_fraction: float, seed: int, train_transfo
         raise DataError(f"data_dir {data_dir}: no such folder")
     val_dir = _explicit_val_folder(data_dir)
     if (data_dir / "train").is_dir() and val_dir is not None:
+        if overlap := split_overlap([("train", data_dir / "train"), (val_dir.name, val_dir)]):
+            raise DataError(overlap)  # e.g. val/ a symlink to train/
         class_names, train_samples = scan_image_folder(data_dir / "train")
         val_names, val_samples = scan_image_folder(val_dir)
         if val_names != class_names:

@@ -1,0 +1,126 @@
+"""Finding the images of an ImageFolder tree: torchvision's order and its following of symlinks, without
+its blind spot. `make_dataset` walks with `os.walk(followlinks=True)`, so a link back up the tree
+(`cat/up -> ..`) lists every image again at each level until the OS's path limit: 20 files became 1,220,
+and the copies landed in both train and val."""
+from __future__ import annotations
+
+import functools
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from .bad_files import print_warning
+from .images import is_image_file
+
+Warn = Callable[[str], None]
+
+
+class _FolderWalk:
+    """Image files under class folders, following symlinks but entering each real folder and taking each
+    real file (os.path.realpath) once.
+
+    Folders reached without a link are listed before any link is followed, so a folder or file that is
+    both in the tree and linked from elsewhere in it keeps its own place and class; a link is followed
+    only to somewhere not yet listed (in sorted order: the same choice on every run).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)  # str paths, as torchvision's make_dataset gives
+        real_root = os.path.realpath(root)
+        # A link to the root or to a folder above it (`cat/up -> ..`) leads back into the walk: a loop.
+        self.folders = {real_root, *map(str, Path(real_root).parents)}
+        self.real: dict[str, str] = {}  # listed folder -> its real path
+        self.found: dict[str, list[tuple[str, str]]] = defaultdict(list)  # class -> (folder, file name)
+        self.linked_folders: list[tuple[str, str]] = []  # (path, class), followed after the direct folders
+        self.linked_files: list[tuple[str, str, str]] = []  # (folder, file name, class)
+        self.skipped = 0  # links to a folder or file already listed
+
+    def take_folder(self, path: str) -> str | None:
+        """The folder's real path, or None (counted as skipped) when it was listed already."""
+        real = os.path.realpath(path)
+        if real in self.folders:
+            self.skipped += 1
+            return None
+        self.folders.add(real)
+        self.real[path] = real
+        return real
+
+    def list_folder(self, top: str, cls: str) -> None:
+        """Images of `top` and of its subfolders that are not links; links wait in `linked_*`."""
+        found = self.found[cls]
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as scan:
+                    entries = list(scan)
+            except OSError:  # unreadable folder: skipped, as os.walk (and so ImageFolder) does
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):  # .ipynb_checkpoints, .thumbnails, .DS_Store, ._x.jpg
+                    continue
+                if _is_folder(entry):
+                    if entry.is_symlink():
+                        self.linked_folders.append((entry.path, cls))
+                    elif self.take_folder(entry.path):
+                        stack.append(entry.path)
+                elif not _is_image_suffix(os.path.splitext(entry.name)[1]):
+                    continue
+                elif entry.is_symlink():
+                    self.linked_files.append((folder, entry.name, cls))
+                else:
+                    found.append((folder, entry.name))
+
+    def follow_links(self) -> None:
+        while self.linked_folders:  # in rounds: links found behind a link come after the ones found before
+            pending, self.linked_folders = sorted(self.linked_folders), []
+            for path, cls in pending:
+                if self.take_folder(path):
+                    self.list_folder(path, cls)
+        if not self.linked_files:
+            return
+        # Built only when needed: a real path per file costs more than the rest of the walk.
+        files = {os.path.join(self.real[folder], name) for found in self.found.values() for folder, name in found}
+        for folder, name, cls in sorted(self.linked_files):
+            real = os.path.realpath(os.path.join(folder, name))  # a broken link stays: it is reported unreadable
+            if real in files:
+                self.skipped += 1
+                continue
+            files.add(real)
+            self.found[cls].append((folder, name))
+
+
+# `is_image_file` on a Path per file is 40% of a walk over a million files: ask it once per suffix instead.
+_is_image_suffix = functools.cache(lambda suffix: is_image_file(Path("image" + suffix)))
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows a link
+    except OSError:
+        return False
+
+
+def find_images(root: Path, class_to_idx: dict[str, int], warn: Warn = print_warning) -> list[tuple[str, int]]:
+    """(path, label) of every image under <root>/<class>/, in torchvision's ImageFolder order.
+
+    Symlinked class folders, subfolders and files are followed, as ImageFolder does, but a folder or file
+    reached twice (a link back up the tree, two links to one place) is listed once: otherwise a loop lists
+    each image dozens of times and the copies land in both train and val. Such repeats are skipped with one
+    warning rather than refused: what is left is well defined (each image once, in its own class folder),
+    and links that share files between folders are a common way to save disk. Hidden files and folders
+    and non-images are ignored.
+    """
+    walk = _FolderWalk(root)
+    # Class folders are taken first, so a link from one class into another is a repeat, not a relabelling.
+    tops = [(top, cls) for cls in sorted(class_to_idx)
+            if os.path.isdir(top := os.path.join(walk.root, cls)) and walk.take_folder(top)]
+    for top, cls in tops:
+        walk.list_folder(top, cls)
+    walk.follow_links()
+    if walk.skipped:
+        warn(f"{root}: skipped {walk.skipped:,} symlink{'s' if walk.skipped != 1 else ''} to a folder or file already listed "
+             f"(a link back up the tree, or two links to one place); each image is used once")
+    return [(os.path.join(folder, name), class_to_idx[cls])
+            for cls in sorted(class_to_idx) for folder, name in sorted(walk.found[cls])]
