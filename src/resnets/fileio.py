@@ -39,6 +39,27 @@ def _replace_atomically(path: str | os.PathLike, fill: Callable[[int, str], None
     return path
 
 
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """ConfigError now, before the work, where the atomic writers below would fail at the end: a folder under
+    the file's name, a file where a parent folder should be, or a folder this user may not write."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # atomic writes create the missing folders
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path}: {parent} is not a folder")
+    try:  # os.access says yes to root anywhere, /proc included: try it
+        fd, probe = tempfile.mkstemp(prefix=".resnets-probe.", dir=parent)
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot write in {parent} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call `write(fileobj)` on a temp file in the same directory, fsync it, then rename it over `path`."""
     def fill(fd: int, tmp: str) -> None:

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import eval_transform
+from ..data import eval_transform, list_images
 from ..errors import ConfigError
-from ..fileio import atomic_write
-from .common import Warn, batched, class_names_of, read_images, require_some, resolve_device, warn_stderr
+from ..fileio import atomic_write, check_writable
+from .common import (Warn, batched, class_names_of, files_read, read_images, refuse_overwrite, require_some,
+                     resolve_device, warn_stderr)
 
 CAM_ALPHA = 0.45  # heatmap opacity over the image
 
@@ -127,27 +128,43 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
+def output_paths(files: Sequence[Path], output_dir: str | Path, checkpoint: str | Path | None = None,
+                 ) -> dict[Path, Path]:
+    """The PNG each input image gets in `output_dir`, refused (ConfigError) if one would replace an input
+    image or the checkpoint: `a.png` and `a_cam.png` side by side, written into their own folder."""
+    used: set[str] = set()
+    pngs = {file: Path(output_dir) / _output_name(file, used) for file in files}
+    if pngs:  # all go into one folder: one file tells whether it can be written
+        check_writable(next(iter(pngs.values())), "--output")
+    refuse_overwrite(pngs.values(), files_read(checkpoint, files), "Grad-CAM image",
+                     "choose another --output folder")
+    return pngs
+
+
 def cam_images(model: nn.Module, paths: Sequence[str | Path], output_dir: str | Path, *, layer: str | None = None,
                class_index: int | None = None, batch_size: int = 16, device: str | None = None,
-               warn: Warn = warn_stderr) -> list[tuple[Path, CamResult]]:
-    """Write `<name>_cam.png` into `output_dir` for each readable image; returns (png, 1-image result) pairs."""
+               warn: Warn = warn_stderr, checkpoint: str | Path | None = None) -> list[tuple[Path, CamResult]]:
+    """Write `<name>_cam.png` into `output_dir` for each readable image; returns (png, 1-image result) pairs.
+
+    `checkpoint`, what `model` was loaded from, is refused as an output like the images are.
+    """
     name = layer or default_layer(model)
     find_layer(model, name)  # fail on a wrong name before reading any image
+    inputs = list(dict.fromkeys(list_images(paths)))  # an image named twice (its folder, and itself): one PNG
+    pngs = output_paths(inputs, output_dir, checkpoint)
     dev = resolve_device(device)
     model.to(dev)
     names = class_names_of(model)
     data_cfg = model.pretrained_cfg
     transform = eval_transform(data_cfg)
-    out_dir, used = Path(output_dir), set()
     written: list[tuple[Path, CamResult]] = []
-    for files, images in batched(read_images(paths, transform, warn), batch_size):
+    for files, images in batched(read_images(inputs, transform, warn), batch_size):
         result = grad_cam(model, images.to(dev), name, class_index)
         for i, file in enumerate(files):
             c, p = result.class_indices[i], result.probabilities[i]
             shown = "predicted" if c == result.predicted[i] else f"predicted {names[result.predicted[i]]}; shown"
             title = f"{file.name}: {shown} {names[c]} (p={p:.3f}), {name}"
-            png = save_cam_figure(denormalize(images[i], data_cfg), result.heatmaps[i].numpy(), title,
-                                  out_dir / _output_name(file, used))
+            png = save_cam_figure(denormalize(images[i], data_cfg), result.heatmaps[i].numpy(), title, pngs[file])
             single = CamResult(result.heatmaps[i:i + 1], [c], [p], [result.predicted[i]])
             written.append((png, single))
     require_some(len(written), list(paths))

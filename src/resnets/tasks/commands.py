@@ -23,8 +23,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..fileio import atomic_write_text
     from ..models.weights import load_model
-    from .predict import check_topk, predict_images, predictions_csv
+    from .predict import check_output_path, check_topk, predict_images, predictions_csv
 
+    if args.output:
+        check_output_path(args.output, args.checkpoint, args.paths)  # before any work
     model = load_model(args.checkpoint, args.model)
     check_topk(args.topk, model.num_classes)  # before reading any image
     preds = predict_images(model, args.paths, topk=args.topk, batch_size=args.batch_size, device=args.device)
@@ -42,7 +44,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
     model = load_model(args.checkpoint, args.model)
-    r = export_model(model, args.output, args.format, img_size=args.img_size, opset=args.opset)
+    r = export_model(model, args.output, args.format, img_size=args.img_size, opset=args.opset,
+                     checkpoint=args.checkpoint)
     shape = ", ".join(["batch", *map(str, r.input_shape[1:])])
     print(f"check at batch {r.check_batch} (traced at {r.input_shape[0]}): max |exported - eager| "
           f"{r.max_abs_diff:.3g} (tolerance {r.tolerance:.3g})")
@@ -58,7 +61,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, args.model)
     out = args.output or beside_checkpoint(args.checkpoint, "cam")
     written = cam_images(model, args.images, out, layer=args.layer, class_index=args.class_index,
-                         batch_size=args.batch_size, device=args.device)
+                         batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint)
     for png, result in written:
         print(png)
     print(f"wrote {len(written)} Grad-CAM image(s) to {out}")
@@ -107,7 +110,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "model, and write the file only if they agree.")
     _model_args(p)
     p.add_argument("--format", required=True, choices=("onnx", "pt2"))
-    p.add_argument("--output", required=True, metavar="FILE")
+    p.add_argument("--output", required=True, metavar="FILE", help="FILE.onnx or FILE.pt2, as --format")
     p.add_argument("--img-size", type=int, default=None, help="input size of the graph (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.set_defaults(func=cmd_export)

@@ -1,9 +1,11 @@
-"""What the task commands share: picking a device, reading images one by one, naming classes."""
+"""What the task commands share: picking a device, reading images one by one, naming classes, and never
+writing over a file the command reads."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from ..data import BrokenImageError, DataError, list_images, load_image
 from ..errors import ConfigError
 
 Warn = Callable[[str], None]
+Reads = Iterable[tuple[Path, str]]  # (a file the command reads, what it is to the user: "the checkpoint")
 
 
 def warn_stderr(message: str) -> None:
@@ -35,6 +38,47 @@ def beside_checkpoint(checkpoint: str | Path, folder: str) -> Path:
     """`<run dir>/<folder>` for a run directory; `<folder>` beside a weights file."""
     path = Path(checkpoint)
     return (path if path.is_dir() else path.parent) / folder
+
+
+def files_read(checkpoint: str | Path | None = None, inputs: Sequence[str | Path] = ()) -> Reads:
+    """The weights file `checkpoint` resolves to, then the images among `inputs` (folders searched).
+
+    A generator: the inputs are listed only if `refuse_overwrite` finds an output that already exists.
+    """
+    from ..models.weights import resolve_checkpoint
+
+    if checkpoint is not None:
+        yield resolve_checkpoint(checkpoint), "the checkpoint"
+    for path in list_images(inputs):
+        yield path, "an input image"
+
+
+def refuse_overwrite(outputs: Iterable[str | Path], reads: Reads, name: str = "--output",
+                     remedy: str = "choose another path") -> None:
+    """ConfigError, before any work, when an output would replace a file the command reads.
+
+    The atomic rename of the output would leave no copy of it: a checkpoint or an input image swapped for a
+    CSV or a PNG. Files are compared by what a path names after symlinks, `.` and `..` (device and inode,
+    as `os.path.samefile` does): `stat` costs a tenth of `os.path.realpath` over 50,000 images, and it also
+    sees a case-insensitive file system's `Best.safetensors` as `best.safetensors`. A new output replaces
+    nothing, so the files read are not even listed then.
+    """
+    existing = {key: Path(path) for path in outputs if (key := _file_key(path)) is not None}
+    if not existing:
+        return
+    for path, what in reads:
+        output = existing.get(_file_key(path))
+        if output is not None:
+            same = "" if os.path.normpath(output) == os.path.normpath(path) else f" ({path})"
+            raise ConfigError(f"{name} {output} is {what} this command reads{same}; {remedy}")
+
+
+def _file_key(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks
+    except OSError:  # missing, or a parent is not a folder: nothing there to replace
+        return None
+    return st.st_dev, st.st_ino
 
 
 def class_names_of(model: nn.Module) -> list[str]:

@@ -7,13 +7,14 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from ..analysis.flops import check_img_size
 from ..data import DataError, eval_transform
 from ..errors import ConfigError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, check_writable
 from ..models.inference import for_inference
 from ..models.weights import load_model, resolve_checkpoint
 from ..reports import CONFUSION_CSV, CONFUSION_PNG, REPORT_CSV, write_class_reports
-from .common import beside_checkpoint, resolve_device
+from .common import beside_checkpoint, files_read, refuse_overwrite, resolve_device
 
 EVAL_DIR = "eval"
 FILES = {"summary": "eval.json", "report": REPORT_CSV, "confusion_csv": CONFUSION_CSV, "confusion_png": CONFUSION_PNG}
@@ -54,7 +55,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_n
         max_bad_fraction: unreadable images are skipped and listed in bad_files.csv in `output_dir`;
             more than this share of them is a DataError.
 
-    Raises DataError when the folder's classes are not the checkpoint's, before anything is written.
+    Raises DataError when the folder's classes are not the checkpoint's, and ConfigError when an output would
+    replace the checkpoint or an image of the folder, before anything is written.
     """
     from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, collate_skipping
     from ..data.datasets import load_eval_set
@@ -66,10 +68,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, model_n
     weights = resolve_checkpoint(checkpoint)
     model = load_model(checkpoint, model_name)
     names = getattr(model, "class_names", None)
+    check_img_size(model, img_size)  # as training does: the last stage keeps at least one pixel
     dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg, img_size), names)
     if len(class_names) != model.num_classes:  # only reachable when the checkpoint names no classes
         raise DataError(f"{data_dir} has {len(class_names)} classes but the model predicts {model.num_classes}")
     out = Path(output_dir) if output_dir is not None else beside_checkpoint(checkpoint, EVAL_DIR)
+    outputs = [out / name for name in (*FILES.values(), BAD_FILES_CSV)]  # bad_files.csv: written or deleted
+    check_writable(outputs[0], "--output")
+    refuse_overwrite(outputs, files_read(checkpoint, [path for path, _ in dataset.samples]), "eval output",
+                     "choose another --output folder")
     bad_files = BadFiles(len(dataset), max_bad_fraction, out / BAD_FILES_CSV)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
                         pin_memory=dev.type == "cuda", collate_fn=collate_skipping)

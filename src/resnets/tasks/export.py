@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ResnetsError
-from ..fileio import atomic_write_bytes
-from .common import class_names_of
+from ..fileio import atomic_write_bytes, check_writable
+from .common import class_names_of, files_read, refuse_overwrite
 
 FORMATS = ("onnx", "pt2")
 METADATA_KEY = "resnets"  # same key as inside our safetensors files
@@ -110,18 +110,37 @@ EXPORTERS: dict[str, tuple[Callable[..., bytes], Callable[[bytes, torch.Tensor],
 }
 
 
+def check_output_path(output: str | Path, format: str, checkpoint: str | Path | None = None) -> None:
+    """Refuse, before exporting, an `output` that is the checkpoint, cannot be written, or is not `*.<format>`.
+
+    `read_export_metadata` (and people) pick the reader by the extension: ONNX bytes in a .pt2 file read as a
+    broken .pt2. Requiring `.<format>` also means an export never replaces a .safetensors, .pt or .pth file.
+    """
+    refuse_overwrite([output], files_read(checkpoint))
+    check_writable(output, "--output")
+    suffix = Path(output).suffix.lower()
+    if suffix != f".{format}":
+        named = next((f for f in FORMATS if suffix == f".{f}"), None)
+        other = f", or pass --format {named}" if named else ""
+        raise ConfigError(f"--output {output}: --format {format} writes a .{format} file and readers go by the "
+                          f"extension; name it {Path(output).with_suffix('.' + format).name}{other}")
+
+
 def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, img_size: int | None = None,
-                 opset: int | None = None, rtol: float = RTOL) -> ExportResult:
+                 opset: int | None = None, rtol: float = RTOL, checkpoint: str | Path | None = None,
+                 ) -> ExportResult:
     """Export `model` (on the CPU, eval mode) to `output`, verify it, then write it.
 
     Args:
-        format: "onnx" or "pt2".
+        format: "onnx" or "pt2"; `output` must end in ".onnx" or ".pt2" to match.
         img_size: square input size of the graph (default: the checkpoint's preprocessing size).
         opset: ONNX opset (default: the exporter's).
         rtol: largest allowed |exported - eager| as a share of the largest |eager| logit.
+        checkpoint: what `model` was loaded from, which `output` must not replace.
     """
     if format not in EXPORTERS:
         raise ConfigError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+    check_output_path(output, format, checkpoint)
     build, run = EXPORTERS[format]
     chans, height, width = model.pretrained_cfg["input_size"]
     if img_size is not None:
@@ -163,7 +182,7 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:
     """The "resnets" metadata of an exported .onnx or .pt2 file."""
     path = Path(path)
-    if path.suffix == ".pt2":
+    if path.suffix.lower() == ".pt2":
         extra = {METADATA_KEY: ""}
         torch.export.load(path, extra_files=extra)
         return json.loads(extra[METADATA_KEY])

@@ -12,8 +12,10 @@ from torch import nn
 
 from ..data import eval_transform
 from ..errors import ConfigError
+from ..fileio import check_writable
 from ..models.inference import for_inference
-from .common import Warn, batched, class_names_of, read_images, require_some, resolve_device, warn_stderr
+from .common import (Warn, batched, class_names_of, files_read, read_images, refuse_overwrite, require_some,
+                     resolve_device, warn_stderr)
 
 DEFAULT_TOPK = 5
 
@@ -32,6 +34,13 @@ def check_topk(topk: int | None, num_classes: int) -> int:
     if not 1 <= topk <= num_classes:
         raise ConfigError(f"--topk {topk}: the model has {num_classes} classes, so k must be in 1..{num_classes}")
     return topk
+
+
+def check_output_path(output: str | Path, checkpoint: str | Path, paths: Sequence[str | Path]) -> None:
+    """Refuse, before the model is loaded, an --output that is the checkpoint or an input image (the CSV
+    would take its place), or that cannot be written."""
+    check_writable(output, "--output")
+    refuse_overwrite([output], files_read(checkpoint, paths))
 
 
 def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int | None = None,
