@@ -273,3 +273,23 @@ def test_atomic_copy_gives_the_same_bytes_or_leaves_the_old_file(tmp_path, monke
         atomic_copy(source, target)
     assert target.read_bytes() == b"the previous best"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "last.safetensors"]
+
+
+def test_a_resume_applies_a_flag_that_repeats_its_default(monkeypatch):
+    """`--epochs 8` is a request even though 8 is the default: the CLI hands the trainer exactly the given
+    options, and a resume applies them over the run's own (a run of 30 epochs resumed with --epochs 8)."""
+    import dataclasses
+    import types
+
+    from resnets.cli import main
+    from resnets.training.config import TrainConfig
+    from resnets.training.resume import resumed_config
+
+    given: dict = {}
+    finished_run = types.SimpleNamespace(best_top1=0.0, best_epoch=0, run_dir="runs/r")
+    monkeypatch.setattr("resnets.training.trainer.train", lambda **kw: given.update(kw) or finished_run)
+    assert main(["train", "--resume", "auto", "--epochs", "8", "--patience", "0"]) == 0
+    assert given == {"resume": "auto", "epochs": 8, "patience": 0}
+    state = {"config": dataclasses.asdict(TrainConfig(epochs=30, patience=3))}
+    cfg = resumed_config(TrainConfig(**given), state, explicit=set(given))
+    assert (cfg.epochs, cfg.patience) == (8, 0)

@@ -283,6 +283,17 @@ def test_yaml_config_and_flags_on_top(tmp_path, capsys):
     (None, ["--random-erasing", "2"], "random-erasing"),
     (None, ["--device", "gpu"], "not a device"),
     ("bad_yaml", ["-c", "{tmp}/c.yaml"], "colour"),
+    ("bad_milestones", ["-c", "{tmp}/c.yaml"], "decay-milestones"),
+    (None, ["--lr", "nan"], "lr"),
+    (None, ["--lr", "inf"], "lr"),
+    (None, ["--momentum", "-1"], "momentum"),
+    (None, ["--seed", "-1"], "seed"),
+    (None, ["--weight-decay", "-1"], "weight-decay"),
+    (None, ["--mixup", "-1"], "mixup"),
+    (None, ["--decay-rate", "-1"], "decay-rate"),
+    (None, ["--dist-timeout", "nan"], "dist-timeout"),
+    (None, ["--img-size", "0"], "img-size"),
+    (None, ["--name", "a/b"], "name"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, setup, argv, needle):
     data = tmp_path / "data"
@@ -299,6 +310,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, setup
         Image.fromarray(pattern_image(0, np.random.default_rng(0))).save(data / "cherry" / "only.png")
     elif setup == "bad_yaml":
         (tmp_path / "c.yaml").write_text("epochs: 1\ncolour: red\n")
+    elif setup == "bad_milestones":
+        (tmp_path / "c.yaml").write_text("sched: multistep\ndecay_milestones: [a, -3]\n")
     out_dir = tmp_path / "runs"
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     with pytest.raises(SystemExit) if needle == "unrecognized" else _nullcontext() as exit_info:
@@ -328,3 +341,11 @@ def test_tensorboard_log_has_scalars_and_the_model_graph(tmp_path):
     assert events.Tags()["graph"]  # add_graph wrote the traced model
     (val,) = events.Scalars("val/top1")
     assert val.value == pytest.approx(result.best_top1, abs=1e-3)
+
+
+def test_list_options_take_several_values_as_flags():
+    from resnets.cli import build_parser
+    from resnets.training.config import config_from_args
+
+    args = build_parser().parse_args(["train", "--sched", "multistep", "--decay-milestones", "2", "5"])
+    assert config_from_args(args).decay_milestones == [2, 5]

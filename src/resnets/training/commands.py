@@ -6,10 +6,10 @@ import os
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import config_from_args
+    from .config import overrides_from_args
     from .trainer import train
 
-    result = train(config_from_args(args))
+    result = train(**overrides_from_args(args))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
         return 0
     print(f"best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 import os
 import re
 import types
@@ -126,8 +127,19 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key.replace('_', '-')} must be in [0, 1], got {value}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:  # nan fails this too
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        for key in ("weight_decay", "momentum", "clip_grad", "mixup", "cutmix", "seed"):
+            if not 0 <= getattr(self, key) < math.inf:
+                raise ConfigError(f"{key.replace('_', '-')} must be a finite number >= 0, got {getattr(self, key)}")
+        if not 0 < self.decay_rate < math.inf:
+            raise ConfigError(f"decay-rate must be a finite number > 0, got {self.decay_rate}")
+        if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.decay_milestones):
+            raise ConfigError(f"decay-milestones must be epoch numbers >= 1, got {self.decay_milestones}")
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError(f"img-size must be >= 1, got {self.img_size}")
+        if self.name is not None and (not self.name.strip(". ") or Path(self.name).name != self.name):
+            raise ConfigError(f"name {self.name!r} must be a folder name, without '/'")
         if min(self.workers or 0, self.patience, self.warmup_epochs, self.checkpoint_every, self.skip_nonfinite) < 0:
             raise ConfigError("workers, patience, warmup-epochs, checkpoint-every and skip-nonfinite must be >= 0")
         if self.dataset in ("folder", "csv") and not self.data_dir:
@@ -142,8 +154,8 @@ class TrainConfig:
             raise ConfigError("--decode-on-device augments with crop and flip only, and not with --in-memory")
         if self.decode_on_device and self.dataset not in ("folder", "csv"):
             raise ConfigError("--decode-on-device reads image files: use it with --data-dir (a folder or CSV)")
-        if self.dist_timeout <= 0 or self.ddp_bucket_mb <= 0:
-            raise ConfigError("dist-timeout and ddp-bucket-mb must be > 0")
+        if not (0 < self.dist_timeout < math.inf and 0 < self.ddp_bucket_mb < math.inf):
+            raise ConfigError("dist-timeout and ddp-bucket-mb must be finite numbers > 0")
         if self.compile_mode != "default" and not self.compile:
             raise ConfigError(f"--compile-mode {self.compile_mode} chooses how --compile compiles: add --compile")
         if self.compile and self.compile_mode in CUDA_GRAPH_MODES and self.accum_steps > 1:
@@ -155,6 +167,8 @@ class TrainConfig:
             # all-reducing (pytorch/pytorch#187732, open)
             raise ConfigError("--ddp-static-graph cannot accumulate gradients (DDP's static graph breaks under "
                               "no_sync): drop --accum-steps or --ddp-static-graph")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
 
@@ -252,7 +266,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         names = [SHORT_FLAGS[f.name], flag] if f.name in SHORT_FLAGS else [flag]
         hint = hints[f.name]
-        base = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)][0]
+        # list[int] is a type of its own; `int | None` stands for its non-None member
+        base = hint if typing.get_origin(hint) is list else [a for a in typing.get_args(hint) or (hint,)
+                                                                if a is not type(None)][0]
         default = getattr(defaults, f.name)
         help_text = comments.get(f.name, "").replace("%", "%%")
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
@@ -266,7 +282,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(*names, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the user gave, in the YAML file or as flags (flags win): exactly these, since a flag
+    left out is absent from `args` (default=SUPPRESS). A resume needs to know which were given: a flag
+    that repeats its default (`--epochs 8`) is still a request."""
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
-    return make_config({**values, **flags})
+    return {**values, **flags}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return make_config(overrides_from_args(args))

@@ -217,6 +217,9 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     `torch.backends.cudnn.benchmark` (on; off with `deterministic=True`, which also turns on
     `torch.use_deterministic_algorithms`).
     """
+    # The options a resume applies are the given ones: every keyword (the CLI passes exactly the flags and
+    # YAML keys the user wrote), and of a TrainConfig, which cannot tell a default the user repeated from
+    # one left alone, the fields that differ from the defaults.
     defaults = TrainConfig()
     explicit = set(overrides) | ({k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(defaults, k)}
                                  if cfg else set())
