@@ -243,7 +243,7 @@ def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
     device = resolve_device(s.device)
 
     shapes = meta_model(s.model, num_classes=s.num_classes)
-    size = s.img_size or shapes.pretrained_cfg["input_size"][-1]
+    size = shapes.pretrained_cfg["input_size"][-1] if s.img_size is None else s.img_size
     check_img_size(shapes, size)
     macs, _ = count_macs(shapes, (3, size, size))
     flops_per_image = macs * 2 * (3 if s.mode == "train" else 1)

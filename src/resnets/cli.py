@@ -70,15 +70,14 @@ def bench_data_stages(settings, args: argparse.Namespace) -> list[dict]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
-    import torch
-
     from .bench import BenchSettings, backend_settings, format_table, parse_inductor_settings, run_bench
-    from .fileio import atomic_write_json
-
+    from .fileio import atomic_write_json, check_writable
     from .tasks.common import resolve_device
 
+    if args.json:
+        check_writable(args.json, "--json")  # now, not after minutes of benchmarking
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     on_cuda = resolve_device(args.device).type == "cuda"
     if args.data != "synthetic":
         from pathlib import Path
@@ -89,7 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError("--data DIR times the training input pipeline: use it with --mode train")
     settings = BenchSettings(
         model=args.model, mode=args.mode, device=args.device,
-        batch_size=args.batch_size or (256 if on_cuda else 16), img_size=args.img_size, steps=args.steps,
+        batch_size=(256 if on_cuda else 16) if args.batch_size is None else args.batch_size, img_size=args.img_size, steps=args.steps,
         warmup=args.warmup, rounds=args.rounds, amp=args.amp or ("bf16" if on_cuda else "off"),
         compile=args.compile, channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark,
         inductor=parse_inductor_settings(args.inductor) if args.inductor else {},
@@ -104,8 +103,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the whole usage before a mistake, 39 lines for `train`: print the mistake alone, and
+    where the usage is. Subcommand parsers are made of this class too (add_subparsers takes the parent's)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnets", description="The ResNet family in PyTorch.")
+    parser = OneLineErrorParser(prog="resnets", description="The ResNet family in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="table of models with params and GMACs")
@@ -171,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ResnetsError as e:
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path given that cannot be read or written (a folder, no permission, a full disk)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"resnets {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resnets: interrupted", file=sys.stderr)

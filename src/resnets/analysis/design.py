@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.resnet import ResNetConfig
-from .flops import count_macs, count_params
+from .flops import check_img_size, count_macs, count_params
 
 TEMPLATES = {
     "resnext50": ResNetConfig(layers=(3, 4, 6, 3)),
@@ -57,6 +57,7 @@ def design_widths(template: str, cardinalities: list[int], img_size: int = 224) 
         d = min(candidates, key=lambda w: abs(_params(base, c, w) - target))
         with torch.device("meta"):
             model = base.replace(cardinality=c, base_width=d).build()
+        check_img_size(model, img_size)
         macs, _ = count_macs(model, (3, img_size, img_size))
         rows.append(DesignRow(c, d, count_params(model), macs / 1e9))
     return rows

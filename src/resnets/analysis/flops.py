@@ -19,7 +19,7 @@ def count_params(model: nn.Module) -> int:
 
 def input_size_of(model: nn.Module, img_size: int | None = None) -> tuple[int, int, int]:
     chans, h, w = model.pretrained_cfg["input_size"]
-    return (chans, img_size, img_size) if img_size else (chans, h, w)
+    return (chans, h, w) if img_size is None else (chans, img_size, img_size)
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch: int = 1) -> tuple[int, dict[str, int]]:

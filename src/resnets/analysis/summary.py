@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .flops import check_img_size, count_macs, count_params, input_size_of, meta_model
 
 
@@ -51,6 +52,8 @@ class Summary:
 
 def summarize(name: str, img_size: int | None = None, depth: int | None = None, **overrides: Any) -> Summary:
     """Summarise a registered model. `depth` groups rows at that module depth (1 = stem pieces and stages)."""
+    if depth is not None and depth < 1:
+        raise ConfigError(f"depth must be >= 1 (1: the stem's pieces and the stages), got {depth}")
     model = meta_model(name, **overrides)
     check_img_size(model, img_size)
     size = input_size_of(model, img_size)

@@ -45,7 +45,7 @@ class CapAspect(v2.Transform):
 
 
 def image_size(data_cfg: dict[str, Any], img_size: int | None = None) -> int:
-    return int(img_size or data_cfg["input_size"][-1])
+    return int(data_cfg["input_size"][-1] if img_size is None else img_size)
 
 
 def _interpolation(data_cfg: dict[str, Any]) -> v2.InterpolationMode:
