@@ -529,3 +529,17 @@ def test_random_erasing_needs_normalising_in_the_workers() -> None:
     with pytest.raises(ConfigError, match="random erasing"):
         train_transform(cfg, random_erasing=0.25, normalize=False)
 
+
+
+def test_predict_lists_a_folder_as_training_lists_a_class_folder(tmp_path: Path, capsys) -> None:
+    """predict's `list_images` used Path.rglob, which (Python < 3.13) does not enter a linked subfolder."""
+    from resnets.data.images import list_images
+
+    elsewhere = make_folder(tmp_path / "elsewhere", {"cherry": 3})
+    root = make_folder(tmp_path / "fruit", {"apple": 4})
+    (root / "apple" / "more").symlink_to(elsewhere / "cherry")
+    (root / "apple" / "up").symlink_to("..")  # a loop
+    listed = [str(p) for p in list_images([root / "apple"])]
+    dataset, _, _ = load_eval_set(root, None)
+    assert listed == paths(dataset) and len(listed) == 4 + 3
+    assert "skipped 1 symlink" in capsys.readouterr().err

@@ -117,12 +117,14 @@ def _short(e: BaseException, limit: int = 100) -> str:
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files among `paths`; folders are searched recursively, in sorted order."""
+    """Image files among `paths`; folders are searched recursively, in sorted order, as training searches a
+    class folder (symlinks followed, each real folder and file once; hidden files skipped)."""
+    from .walk import images_under  # walk.py needs is_image_file from here
+
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found += images_under(p)
         elif p.is_file():
             found.append(p)
         else:

@@ -119,8 +119,21 @@ def find_images(root: Path, class_to_idx: dict[str, int], warn: Warn = print_war
     for top, cls in tops:
         walk.list_folder(top, cls)
     walk.follow_links()
-    if walk.skipped:
-        warn(f"{root}: skipped {walk.skipped:,} symlink{'s' if walk.skipped != 1 else ''} to a folder or file already listed "
-             f"(a link back up the tree, or two links to one place); each image is used once")
+    _warn_skipped(walk, root, warn)
     return [(os.path.join(folder, name), class_to_idx[cls])
             for cls in sorted(class_to_idx) for folder, name in sorted(walk.found[cls])]
+
+
+def images_under(folder: Path, warn: Warn = print_warning) -> list[Path]:
+    """Every image under `folder`, at any depth, sorted: `find_images` for a folder that is one class."""
+    walk = _FolderWalk(folder)  # the folder and those above it count as entered: a link to them is a loop
+    walk.list_folder(walk.root, "")
+    walk.follow_links()
+    _warn_skipped(walk, folder, warn)
+    return [Path(parent, name) for parent, name in sorted(walk.found[""])]
+
+
+def _warn_skipped(walk: _FolderWalk, root: Path, warn: Warn) -> None:
+    if walk.skipped:
+        warn(f"{root}: skipped {walk.skipped:,} symlink{'s' if walk.skipped != 1 else ''} to a folder or file "
+             f"already listed (a link back up the tree, or two links to one place); each image is used once")
