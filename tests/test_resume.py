@@ -293,3 +293,10 @@ def test_a_resume_applies_a_flag_that_repeats_its_default(monkeypatch):
     state = {"config": dataclasses.asdict(TrainConfig(epochs=30, patience=3))}
     cfg = resumed_config(TrainConfig(**given), state, explicit=set(given))
     assert (cfg.epochs, cfg.patience) == (8, 0)
+
+
+def test_a_file_that_is_no_resume_state_is_named_so(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hi\n")  # was 'not a readable resume state (KeyError: 105)'
+    with pytest.raises(CheckpointError, match="not a resume state"):
+        load_resume_state(path)

@@ -293,3 +293,11 @@ def test_prlz77_checkpoint_loads(tmp_path, randomize_bn, assert_close):
 def test_prlz77_resnext29_8x64d_loads(tmp_path, randomize_bn, assert_close):
     ref = _Prlz77CifarResNeXt(cardinality=8, depth=29, num_classes=10, base_width=64)
     _check_prlz77(create_model("cifar_resnext29_8x64d"), ref, tmp_path, randomize_bn, assert_close)
+
+
+def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path):
+    """An ONNX file given as the checkpoint was 'refused, it holds pickled objects': its bytes are no pickle."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(range(256)))
+    with pytest.raises(CheckpointError, match="not a checkpoint \\(neither safetensors nor a torch.save file\\)"):
+        load_checkpoint(create_model("cifar_resnet20"), path)

@@ -102,6 +102,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def written_by_torch_save(path: str | os.PathLike) -> bool:
+    """Whether the file starts as torch.save's output does: a zip archive (torch >= 1.6), or a pickle (older).
+    An ONNX file or an image given as a checkpoint is then named for what it is not, rather than by the
+    unpickler's error about whatever its bytes happen to spell."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def content_digest(obj: Any) -> str:
     """SHA-256 over a nest of dicts/lists of tensors and primitives (keys sorted, tensors by dtype/shape/bytes)."""
     h = hashlib.sha256()

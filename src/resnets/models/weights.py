@@ -19,7 +19,7 @@ from safetensors.torch import save
 from torch import nn
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes, atomic_write_json, content_digest
+from ..fileio import atomic_write_bytes, atomic_write_json, content_digest, written_by_torch_save
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 METADATA_KEY = "resnets"  # safetensors metadata entry holding the JSON of `model_metadata`
@@ -76,6 +76,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         if DIGEST_KEY in header and content_digest(state) != header[DIGEST_KEY]:
             raise CheckpointError(f"{path}: content does not match its checksum (the file is damaged)")
     else:
+        if not written_by_torch_save(path):
+            raise CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a torch.save file)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:

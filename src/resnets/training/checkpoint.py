@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes, content_digest
+from ..fileio import atomic_write_bytes, content_digest, written_by_torch_save
 
 RESUME_GLOB = "checkpoint-*.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")
@@ -83,6 +83,8 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such resume file")
+    if not written_by_torch_save(path):
+        raise CheckpointError(f"{path}: not a resume state (a run's checkpoint-*.pt, written by torch.save)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # damaged files fail in many ways (zip, pickle, EOF); each means "unusable"
