@@ -221,6 +221,15 @@ def test_two_links_to_one_place_count_once_and_a_linked_file_keeps_its_own_class
     assert "skipped 2 symlinks" in capsys.readouterr().err
 
 
+def test_a_class_folder_linked_to_another_class_is_named_in_the_warning(tmp_path: Path, capsys) -> None:
+    root = make_folder(tmp_path / "fruit", {"apple": 3, "banana": 3})
+    (root / "cherry").symlink_to("apple")  # cherry would get apple's images twice over, as another label
+    with pytest.raises(DataError, match=r"class folder\(s\) with no images in .*: cherry"):
+        load_splits("folder", root)
+    err = capsys.readouterr().err
+    assert f"warning: {root}: class folder cherry is a link to the class folder apple" in err
+
+
 def test_a_val_folder_that_is_the_train_folder_is_refused(tmp_path: Path) -> None:
     make_folder(tmp_path / "train", {"apple": 3, "banana": 3})
     (tmp_path / "val").symlink_to("train")
@@ -240,6 +249,12 @@ def test_data_dir_not_given(dataset: str) -> None:
 def test_data_dir_missing(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=f"{tmp_path / 'nowhere'}: no such folder"):
         load_splits("folder", tmp_path / "nowhere")
+
+
+def test_data_dir_that_is_a_file_is_named_so(tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_text("file,label\n")
+    with pytest.raises(DataError, match=r"labels.csv: a file, not a folder"):
+        load_splits("folder", tmp_path / "labels.csv")
 
 
 def test_folder_without_class_subfolders(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import re
-import io
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from safetensors.torch import load_file
 
 import resnets
 from resnets.errors import CheckpointError
-from resnets.training.checkpoint import (find_resume, list_resume_files, load_resume_state, newest_valid_state,
+from resnets.training.checkpoint import (find_resume, list_resume_files, load_resume_state,
                                          remove_stray_temp_files, save_resume_state)
 from resnets.training.trainer import TrainingError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .datasets import class_difference, class_folders, split_overlap, too_few_classes
 from .images import BrokenImageError, DataError, decode_image, read_bytes
-from .walk import find_images
+from .walk import find_images, require_folder
 
 MAX_IMBALANCE = 10.0  # largest / smallest class above this is reported as a problem
 MAX_LISTED = 20  # lines per section of the printed report; the DataReport holds everything
@@ -135,12 +135,10 @@ def _layout(path: Path, val_dir: Path | None) -> list[tuple[str, Path]]:
     Splits that are one folder, or one inside another, are refused as training refuses them: each file
     would belong to two splits, and the report would count it in one and leave the other empty.
     """
-    if not path.is_dir():
-        raise DataError(f"{path}: no such folder")
+    require_folder(path)
     train = path / "train" if (path / "train").is_dir() else path
     if val_dir is not None:
-        if not val_dir.is_dir():
-            raise DataError(f"{val_dir}: no such folder")
+        require_folder(val_dir)
         layout = [("train", train), ("val", val_dir)]
     else:
         held_out = [(name, path / name) for name in ("val", "test") if train != path and (path / name).is_dir()]

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from .bad_files import Unreadable, print_warning
 from .images import BrokenImageError, DataError, is_image_file, load_image
-from .walk import find_images
+from .walk import find_images, require_folder
 
 Transform = Callable[[Any], Any] | None
 Warn = Callable[[str], None]
@@ -95,8 +95,7 @@ def _named(items: Sequence[Any]) -> str:
 
 def class_folders(root: Path) -> list[str]:
     """Sorted class folder names of an ImageFolder root; hidden ones (.ipynb_checkpoints) are not classes."""
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder")
+    require_folder(root)
     try:
         names = find_classes(root)[0]
     except FileNotFoundError:  # torchvision's "Couldn't find any class folder"
@@ -225,8 +224,7 @@ def _explicit_val_folder(root: Path) -> Path | None:
 
 def _folder_splits(data_dir: Path, val_fraction: float, seed: int, train_transform: Transform,
                    eval_transform: Transform, download: bool) -> DataSplits:
-    if not data_dir.is_dir():
-        raise DataError(f"data_dir {data_dir}: no such folder")
+    require_folder(data_dir, "data_dir")
     val_dir = _explicit_val_folder(data_dir)
     if (data_dir / "train").is_dir() and val_dir is not None:
         if overlap := split_overlap([("train", data_dir / "train"), (val_dir.name, val_dir)]):
@@ -380,8 +378,7 @@ def load_eval_set(data_dir: str | Path, transform: Transform,
     their order, which need not be sorted (CIFAR's is not).
     """
     data_dir = Path(data_dir).expanduser()
-    if not data_dir.is_dir():
-        raise DataError(f"data_dir {data_dir}: no such folder")
+    require_folder(data_dir, "data_dir")
     root = _explicit_val_folder(data_dir) or data_dir
     class_to_idx = None
     if class_names is not None:

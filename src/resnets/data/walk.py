@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Callable
 
 from .bad_files import print_warning
-from .images import is_image_file
+from .images import DataError, is_image_file
 
 Warn = Callable[[str], None]
+
+
+def require_folder(path: Path, what: str = "") -> None:
+    """DataError unless `path` is a folder, naming what it is instead (a CSV given as the data folder)."""
+    if path.is_dir():
+        return
+    found = "a file, not a folder" if path.exists() else "no such folder"
+    raise DataError(f"{what} {path}: {found}" if what else f"{path}: {found}")
 
 
 class _FolderWalk:
@@ -116,6 +124,7 @@ def find_images(root: Path, class_to_idx: dict[str, int], warn: Warn = print_war
     # Class folders are taken first, so a link from one class into another is a repeat, not a relabelling.
     tops = [(top, cls) for cls in sorted(class_to_idx)
             if os.path.isdir(top := os.path.join(walk.root, cls)) and walk.take_folder(top)]
+    _warn_repeated_classes(walk, root, class_to_idx, warn)
     for top, cls in tops:
         walk.list_folder(top, cls)
     walk.follow_links()
@@ -131,6 +140,17 @@ def images_under(folder: Path, warn: Warn = print_warning) -> list[Path]:
     walk.follow_links()
     _warn_skipped(walk, folder, warn)
     return [Path(parent, name) for parent, name in sorted(walk.found[""])]
+
+
+def _warn_repeated_classes(walk: _FolderWalk, root: Path, class_to_idx: dict[str, int], warn: Warn) -> None:
+    """Name a class folder that is another class under a second name: it gets no images of its own."""
+    class_of = {real: os.path.basename(path) for path, real in walk.real.items()}
+    for cls in sorted(class_to_idx):
+        top = os.path.join(walk.root, cls)
+        if top not in walk.real and os.path.isdir(top):
+            same = class_of.get(os.path.realpath(top))
+            what = f"the class folder {same}" if same else "a folder above it"
+            warn(f"{root}: class folder {cls} is a link to {what}; its images are used once, not as {cls}")
 
 
 def _warn_skipped(walk: _FolderWalk, root: Path, warn: Warn) -> None:

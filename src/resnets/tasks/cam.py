@@ -110,6 +110,7 @@ def save_cam_figure(rgb: np.ndarray, heatmap: np.ndarray, title: str, path: str 
     from matplotlib.figure import Figure
 
     overlay = (1 - CAM_ALPHA) * rgb + CAM_ALPHA * colormaps["jet"](heatmap)[..., :3]
+    overlay = overlay.clip(0, 1)  # rounding can end a hair above 1: imshow would warn "Clipping input data"
     fig = Figure(figsize=(8, 4.4), dpi=dpi, layout="constrained")
     for ax, img, label in zip(fig.subplots(1, 2), (rgb, overlay), ("input", "Grad-CAM")):
         ax.imshow(img, interpolation="bilinear")

@@ -59,13 +59,14 @@ def _batch_dim() -> Any:
 
 def _onnx_bytes(model: nn.Module, example: torch.Tensor, meta: dict[str, Any], opset: int | None) -> bytes:
     try:
-        import onnx  # noqa: F401  (the dynamo exporter needs onnx and onnxscript)
+        import onnx  # the dynamo exporter needs onnx and onnxscript
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing)") from None
-    if opset is not None and opset < ONNX_MIN_OPSET:
-        raise ConfigError(f"--opset {opset}: the ONNX exporter of torch {torch.__version__.split('+')[0]} writes "
-                          f"opset {ONNX_MIN_OPSET} or newer")
+    newest = onnx.defs.onnx_opset_version()  # past it the exporter's converter dumps a C++ assertion
+    if opset is not None and not ONNX_MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"--opset {opset}: the ONNX exporter of torch {torch.__version__.split('+')[0]} with "
+                          f"onnx {onnx.__version__} writes opsets {ONNX_MIN_OPSET} to {newest}")
     # The dynamo (torch.export-based) exporter: the TorchScript one is deprecated since torch 2.9.
     # f=None keeps the model in memory: passing a path would write weights to a side file `<f>.data`.
     program = torch.onnx.export(model, (example,), None, dynamo=True, dynamic_shapes=({0: _batch_dim()},),

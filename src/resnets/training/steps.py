@@ -142,7 +142,7 @@ def train_one_epoch(run: Run, loader: Iterable, cfg: TrainConfig, progress: Prog
     No host sync per step: the non-finite guard skips a step on the device (`step_unless`), and each
     batch's numbers reach the host one batch late, read once the next batch's work is queued, so the GPU
     always has a step to run while the host waits. A non-finite loss skips its whole accumulation cycle."""
-    model, optimizer, device, ctx = run.model, run.optimizer, run.device, run.dist
+    model, optimizer, ctx = run.model, run.optimizer, run.dist
     model.train()
     if cfg.freeze_backbone:  # frozen statistics too: BN layers of a frozen backbone stay in eval mode
         _freeze_bn_statistics(model)

@@ -42,7 +42,7 @@ from .ema import ModelEma
 from .loop import EvalResult, evaluate, merge_results
 from .optim import make_optimizer, scaled_lr
 from .plots import plot_curves
-from .resume import RESUME_OVERRIDABLE, elastic_restart_target, restore, resume_state, resumed_config  # noqa: F401
+from .resume import elastic_restart_target, restore, resume_state, resumed_config
 from .sampling import EpochSampler, SeededItems
 from .steps import Progress, Run, TrainingError, train_one_epoch  # noqa: F401  (TrainingError: public here)
 
