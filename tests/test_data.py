@@ -558,3 +558,35 @@ def test_predict_lists_a_folder_as_training_lists_a_class_folder(tmp_path: Path,
     dataset, _, _ = load_eval_set(root, None)
     assert listed == paths(dataset) and len(listed) == 4 + 3
     assert "skipped 1 symlink" in capsys.readouterr().err
+
+
+def test_predict_lists_a_folder_with_a_linked_image_beside_real_ones(tmp_path: Path, capsys) -> None:
+    """A link to an image of the same folder is a repeat; the walk had no real path for the folder given
+    and stopped with a KeyError."""
+    from resnets.data.images import list_images
+
+    root = make_folder(tmp_path / "fruit", {"apple": 2})
+    (root / "apple" / "sub").mkdir()
+    (root / "apple" / "copy.jpg").symlink_to("apple_00.jpg")
+    (root / "apple" / "sub" / "up.png").symlink_to("../apple_01.png")
+    (root / "apple" / "sub" / "own.jpg").symlink_to(root / "apple" / "apple_00.jpg")
+    assert list_images([root / "apple"]) == [root / "apple" / "apple_00.jpg", root / "apple" / "apple_01.png"]
+    assert "skipped 3 symlinks" in capsys.readouterr().err
+
+
+def test_a_class_linked_to_a_subfolder_of_another_class_leaves_it_in_its_own_class(tmp_path: Path, capsys) -> None:
+    root = make_folder(tmp_path / "fruit", {"apple": 2, "banana": 2})
+    for i in range(2):
+        write_image(root / "apple" / "sub" / f"more_{i}.png", COLORS["apple"])
+    (root / "cherry").symlink_to(root / "apple" / "sub")  # taken first, it relabelled apple/sub as cherry
+    tv = tv_datasets.ImageFolder(str(root)).samples  # lists apple/sub twice, under both labels
+    assert sum(p.startswith(str(root / "cherry")) for p, _ in tv) == 2
+    with pytest.raises(DataError, match=r"class folder\(s\) with no images in .*: cherry"):
+        load_splits("folder", root)
+    err = capsys.readouterr().err
+    assert f"class folder cherry is a link to {root / 'apple' / 'sub'}, a folder of class apple" in err
+    (root / "cherry").unlink()
+    make_folder(root, {"cherry": 2})
+    dataset, labels, class_names = load_eval_set(root, None)
+    assert Counter(labels) == {0: 4, 1: 2, 2: 2}
+    assert_labels_match_pixels(dataset, class_names)

@@ -9,7 +9,7 @@ import io
 import struct
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -116,15 +116,16 @@ def _short(e: BaseException, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def list_images(paths: Iterable[str | Path]) -> list[Path]:
+def list_images(paths: Iterable[str | Path], warn: Callable[[str], None] | None = None) -> list[Path]:
     """Image files among `paths`; folders are searched recursively, in sorted order, as training searches a
-    class folder (symlinks followed, each real folder and file once; hidden files skipped)."""
+    class folder (symlinks followed, each real folder and file once; hidden files skipped). `warn` takes
+    the note on skipped symlinks (default: stderr)."""
     from .walk import images_under  # walk.py needs is_image_file from here
 
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += images_under(p)
+            found += images_under(p, warn) if warn else images_under(p)
         elif p.is_file():
             found.append(p)
         else:

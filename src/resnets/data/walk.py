@@ -28,9 +28,10 @@ class _FolderWalk:
     """Image files under class folders, following symlinks but entering each real folder and taking each
     real file (os.path.realpath) once.
 
-    Folders reached without a link are listed before any link is followed, so a folder or file that is
-    both in the tree and linked from elsewhere in it keeps its own place and class; a link is followed
-    only to somewhere not yet listed (in sorted order: the same choice on every run).
+    Folders reached without a link are listed before any link is followed (`find_images` follows the
+    links that are class folders next), so a folder or file that is both in the tree and linked from
+    elsewhere in it keeps its own place and class; a link is followed only to somewhere not yet listed (in
+    sorted order: the same choice on every run).
     """
 
     def __init__(self, root: Path) -> None:
@@ -38,13 +39,14 @@ class _FolderWalk:
         real_root = os.path.realpath(root)
         # A link to the root or to a folder above it (`cat/up -> ..`) leads back into the walk: a loop.
         self.folders = {real_root, *map(str, Path(real_root).parents)}
-        self.real: dict[str, str] = {}  # listed folder -> its real path
+        self.real: dict[str, str] = {self.root: real_root}  # listed folder -> its real path
+        self.owner: dict[str, str] = {}  # real path of a listed folder -> the class it was listed for
         self.found: dict[str, list[tuple[str, str]]] = defaultdict(list)  # class -> (folder, file name)
         self.linked_folders: list[tuple[str, str]] = []  # (path, class), followed after the direct folders
         self.linked_files: list[tuple[str, str, str]] = []  # (folder, file name, class)
         self.skipped = 0  # links to a folder or file already listed
 
-    def take_folder(self, path: str) -> str | None:
+    def take_folder(self, path: str, cls: str) -> str | None:
         """The folder's real path, or None (counted as skipped) when it was listed already."""
         real = os.path.realpath(path)
         if real in self.folders:
@@ -52,6 +54,7 @@ class _FolderWalk:
             return None
         self.folders.add(real)
         self.real[path] = real
+        self.owner[real] = cls
         return real
 
     def list_folder(self, top: str, cls: str) -> None:
@@ -71,7 +74,7 @@ class _FolderWalk:
                 if _is_folder(entry):
                     if entry.is_symlink():
                         self.linked_folders.append((entry.path, cls))
-                    elif self.take_folder(entry.path):
+                    elif self.take_folder(entry.path, cls):
                         stack.append(entry.path)
                 elif not _is_image_suffix(os.path.splitext(entry.name)[1]):
                     continue
@@ -84,7 +87,7 @@ class _FolderWalk:
         while self.linked_folders:  # in rounds: links found behind a link come after the ones found before
             pending, self.linked_folders = sorted(self.linked_folders), []
             for path, cls in pending:
-                if self.take_folder(path):
+                if self.take_folder(path, cls):
                     self.list_folder(path, cls)
         if not self.linked_files:
             return
@@ -121,13 +124,16 @@ def find_images(root: Path, class_to_idx: dict[str, int], warn: Warn = print_war
     and non-images are ignored.
     """
     walk = _FolderWalk(root)
-    # Class folders are taken first, so a link from one class into another is a repeat, not a relabelling.
-    tops = [(top, cls) for cls in sorted(class_to_idx)
-            if os.path.isdir(top := os.path.join(walk.root, cls)) and walk.take_folder(top)]
-    _warn_repeated_classes(walk, root, class_to_idx, warn)
-    for top, cls in tops:
-        walk.list_folder(top, cls)
+    tops = [(top, cls) for cls in sorted(class_to_idx) if os.path.isdir(top := os.path.join(walk.root, cls))]
+    # Real class folders with their real subfolders first, then class folders that are links, then the links
+    # inside: a folder keeps the class of its place in the tree, and a link from one class into another
+    # (or into another's subfolder) is a repeat, not a relabelling.
+    for linked in (False, True):
+        for top, cls in tops:
+            if os.path.islink(top) == linked and walk.take_folder(top, cls):
+                walk.list_folder(top, cls)
     walk.follow_links()
+    _warn_linked_classes(walk, root, tops, warn)
     _warn_skipped(walk, root, warn)
     return [(os.path.join(folder, name), class_to_idx[cls])
             for cls in sorted(class_to_idx) for folder, name in sorted(walk.found[cls])]
@@ -142,15 +148,20 @@ def images_under(folder: Path, warn: Warn = print_warning) -> list[Path]:
     return [Path(parent, name) for parent, name in sorted(walk.found[""])]
 
 
-def _warn_repeated_classes(walk: _FolderWalk, root: Path, class_to_idx: dict[str, int], warn: Warn) -> None:
-    """Name a class folder that is another class under a second name: it gets no images of its own."""
-    class_of = {real: os.path.basename(path) for path, real in walk.real.items()}
-    for cls in sorted(class_to_idx):
-        top = os.path.join(walk.root, cls)
-        if top not in walk.real and os.path.isdir(top):
-            same = class_of.get(os.path.realpath(top))
-            what = f"the class folder {same}" if same else "a folder above it"
-            warn(f"{root}: class folder {cls} is a link to {what}; its images are used once, not as {cls}")
+def _warn_linked_classes(walk: _FolderWalk, root: Path, tops: list[tuple[str, str]], warn: Warn) -> None:
+    """Name a class folder that links to a folder already listed: it gets no images of its own."""
+    for top, cls in tops:
+        if top in walk.real:
+            continue
+        real = os.path.realpath(top)
+        owner = walk.owner.get(real)
+        if owner is None:
+            what = "the data folder or one above it"
+        elif walk.real.get(os.path.join(walk.root, owner)) == real:
+            what = f"the class folder {owner}"
+        else:
+            what = f"{real}, a folder of class {owner}"
+        warn(f"{root}: class folder {cls} is a link to {what}; its images are used once, not as {cls}")
 
 
 def _warn_skipped(walk: _FolderWalk, root: Path, warn: Warn) -> None:

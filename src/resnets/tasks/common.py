@@ -49,7 +49,7 @@ def files_read(checkpoint: str | Path | None = None, inputs: Sequence[str | Path
 
     if checkpoint is not None:
         yield resolve_checkpoint(checkpoint), "the checkpoint"
-    for path in list_images(inputs):
+    for path in list_images(inputs, warn=lambda message: None):  # the command lists them again, and warns then
         yield path, "an input image"
 
 
