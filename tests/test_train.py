@@ -177,6 +177,12 @@ def test_run_directory_is_complete_and_consistent(folder_run):
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data_dir"] == str(data) and config["epochs"] == 3 and config["dataset"] == "folder"
+    # The run's own config.yaml starts it again (it was refused for the keys the run records beside its options)
+    from resnets.cli import build_parser
+    from resnets.training.config import config_from_args
+    again = config_from_args(build_parser().parse_args(["train", "-c", str(run / "config.yaml")]))
+    assert again.to_dict() == {k: v for k, v in config.items() if k in again.to_dict()}
+    assert again.resolved() == again and config["resolved_device"] == "cpu"
 
     rows = list(csv.DictReader((run / "summary.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -288,12 +294,16 @@ def test_yaml_config_and_flags_on_top(tmp_path, capsys):
     (None, ["--lr", "inf"], "lr"),
     (None, ["--momentum", "-1"], "momentum"),
     (None, ["--seed", "-1"], "seed"),
+    (None, ["--seed", str(2**64)], "seed"),  # torch.manual_seed's overflow was a traceback
+    (None, ["--warmup-epochs", "nan"], "warmup-epochs"),  # trained at lr 0 without a word
+    (None, ["--warmup-epochs", "inf"], "warmup-epochs"),
     (None, ["--weight-decay", "-1"], "weight-decay"),
     (None, ["--mixup", "-1"], "mixup"),
     (None, ["--decay-rate", "-1"], "decay-rate"),
     (None, ["--dist-timeout", "nan"], "dist-timeout"),
     (None, ["--img-size", "0"], "img-size"),
     (None, ["--name", "a/b"], "name"),
+    ("bad_yaml", ["--output", "{tmp}/c.yaml"], "a file, not a folder"),  # was 'File exists', after the data loaded
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, setup, argv, needle):
     data = tmp_path / "data"
@@ -316,8 +326,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, setup
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     with pytest.raises(SystemExit) if needle == "unrecognized" else _nullcontext() as exit_info:
         code, out, err = run_cli(capsys, "train", "--output", out_dir, "--no-progress", "--epochs", "1", *argv)
-    if needle == "unrecognized":  # argparse's own usage error: exit 2 too
+    if needle == "unrecognized":  # argparse's own usage error: exit 2 too, pointing at train's own help
         assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().endswith("(see `resnets train --help`)")
         return
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and needle in err, err

@@ -168,12 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     add_task_commands(sub)
     add_data_commands(sub)
+    parser.commands = sub.choices  # type: ignore[attr-defined]  (main names the subcommand's help on a mistake)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # as parse_args would, but pointing at `resnets train --help`, where train's flags are listed
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except ResnetsError as e:

@@ -39,15 +39,18 @@ def _replace_atomically(path: str | os.PathLike, fill: Callable[[int, str], None
     return path
 
 
-def check_writable(path: str | os.PathLike, what: str) -> None:
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> None:
     """ConfigError now, before the work, where the atomic writers below would fail at the end: a folder under
-    the file's name, a file where a parent folder should be, or a folder this user may not write."""
+    the file's name, a file where a parent folder should be, or a folder this user may not write.
+    `folder`: `path` is a folder to write in (created if missing), not a file."""
     from .errors import ConfigError
 
     path = Path(path)
-    if path.is_dir():
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: a file, not a folder")
+    if not folder and path.is_dir():
         raise ConfigError(f"{what} {path} is a folder; give a file name")
-    parent = path.parent
+    parent = path if folder else path.parent
     while not parent.exists() and parent != parent.parent:  # atomic writes create the missing folders
         parent = parent.parent
     if not parent.is_dir():

@@ -129,9 +129,11 @@ class TrainConfig:
                 raise ConfigError(f"{key.replace('_', '-')} must be in [0, 1], got {value}")
         if not 0 < self.lr < math.inf:  # nan fails this too
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
-        for key in ("weight_decay", "momentum", "clip_grad", "mixup", "cutmix", "seed"):
-            if not 0 <= getattr(self, key) < math.inf:
+        for key in ("weight_decay", "momentum", "clip_grad", "mixup", "cutmix", "warmup_epochs"):
+            if not 0 <= getattr(self, key) < math.inf:  # nan fails this too: a nan warm-up trained at lr 0
                 raise ConfigError(f"{key.replace('_', '-')} must be a finite number >= 0, got {getattr(self, key)}")
+        if not 0 <= self.seed < 2**64:  # torch.manual_seed's range
+            raise ConfigError(f"seed must be in [0, 2**64), got {self.seed}")
         if not 0 < self.decay_rate < math.inf:
             raise ConfigError(f"decay-rate must be a finite number > 0, got {self.decay_rate}")
         if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.decay_milestones):
@@ -140,8 +142,8 @@ class TrainConfig:
             raise ConfigError(f"img-size must be >= 1, got {self.img_size}")
         if self.name is not None and (not self.name.strip(". ") or Path(self.name).name != self.name):
             raise ConfigError(f"name {self.name!r} must be a folder name, without '/'")
-        if min(self.workers or 0, self.patience, self.warmup_epochs, self.checkpoint_every, self.skip_nonfinite) < 0:
-            raise ConfigError("workers, patience, warmup-epochs, checkpoint-every and skip-nonfinite must be >= 0")
+        if min(self.workers or 0, self.patience, self.checkpoint_every, self.skip_nonfinite) < 0:
+            raise ConfigError("workers, patience, checkpoint-every and skip-nonfinite must be >= 0")
         if self.dataset in ("folder", "csv") and not self.data_dir:
             raise ConfigError(f"dataset={self.dataset} needs --data-dir")
         if not 0.0 <= self.max_bad_fraction < 1.0:
@@ -194,6 +196,12 @@ OPTIMIZERS = ("sgd", "nesterov", "adamw", "adam")
 SHORT_FLAGS = {"batch_size": "-b", "workers": "-j"}
 
 
+# What a run's config.yaml records beside the options (trainer.py): outcomes of the run, not options. Reading
+# the file back with `-c` drops them, so a run's own config.yaml starts the same run again.
+RECORDED_KEYS = ("resolved_device", "resolved_amp", "resolved_channels_last", "world_size", "global_batch",
+                 "resolved_lr", "elastic_run_id")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -203,7 +211,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return {key: v for k, v in data.items() if (key := str(k).replace("-", "_")) not in RECORDED_KEYS}
 
 
 def make_config(overrides: dict[str, Any]) -> TrainConfig:

@@ -30,7 +30,7 @@ from ..data.resident import DeviceAugment, DeviceLoader, ImageStore, cached_stor
 from ..data.images import DataError
 from ..data.transforms import DeviceNormalize, image_size
 from ..errors import ConfigError
-from ..fileio import atomic_copy, atomic_write_json, atomic_write_text
+from ..fileio import atomic_copy, atomic_write_json, atomic_write_text, check_writable
 from ..models import create_model, get_config
 from ..models.weights import load_checkpoint, save_weights
 from .checkpoint import (abandon_newer_states, find_resume, load_resume_state, remove_stray_temp_files, rng_state,
@@ -224,6 +224,7 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     explicit = set(overrides) | ({k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(defaults, k)}
                                  if cfg else set())
     cfg = (dataclasses.replace(cfg, **overrides) if cfg else make_config(overrides)).resolved()
+    check_writable(cfg.output, "--output", folder=True)  # now, not after loading the data and the model
     ctx, device = init_distributed(cfg.device, cfg.dist_timeout)
     result = _train(cfg, explicit, ctx, device)
     # Only on success: after an error a peer may still sit in a collective, and the process exit (which
