@@ -11,7 +11,7 @@ from torch import nn
 
 from resnets.errors import CheckpointError
 from resnets.models import cifar_resnext, create_model
-from resnets.models.weights import from_pretrained, load_checkpoint, save_pretrained
+from resnets.models.weights import from_pretrained, load_checkpoint, load_model, save_pretrained, save_weights
 
 
 def _assert_same_tensors(model: nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> None:
@@ -301,3 +301,21 @@ def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path):
     path.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(range(256)))
     with pytest.raises(CheckpointError, match="not a checkpoint \\(neither safetensors nor a torch.save file\\)"):
         load_checkpoint(create_model("cifar_resnet20"), path)
+
+
+@pytest.mark.parametrize("name", ["W.SAFETENSORS", "w.pt"])
+def test_safetensors_under_another_name_loads(tmp_path, name):
+    model = create_model("cifar_resnet20", num_classes=3)
+    save_weights(model, tmp_path / "w.safetensors", ["a", "b", "c"])
+    (tmp_path / "w.safetensors").rename(tmp_path / name)  # said 'neither safetensors nor a torch.save file'
+    loaded = load_model(tmp_path / name)
+    assert loaded.class_names == ["a", "b", "c"]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_a_resume_state_given_as_a_model_is_named_so(tmp_path):
+    model = create_model("cifar_resnet20")
+    torch.save(dict(model=model.state_dict(), optimizer={}, progress={}, config={"accum_steps": 1}),
+               tmp_path / "checkpoint-0001-000000010.pt")  # said 'not a resnets config (unknown argument(s)...)'
+    with pytest.raises(CheckpointError, match="a resume state .*use best.safetensors or last.safetensors"):
+        load_model(tmp_path / "checkpoint-0001-000000010.pt")

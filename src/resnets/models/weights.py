@@ -53,6 +53,13 @@ class LoadReport:
         return f"loaded {self.path}{skipped}"
 
 
+def _starts_like_safetensors(path: Path) -> bool:
+    """A safetensors file under another name (w.pt): 8 bytes of header length, then the JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a weights file or folder, with wrappers and foreign names undone."""
     path = Path(path)
@@ -63,7 +70,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     metadata: dict[str, Any] = {}
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors" or _starts_like_safetensors(path):
         try:
             with safe_open(str(path), "pt") as f:  # one open for tensors and header alike
                 header = f.metadata() or {}
@@ -189,6 +196,9 @@ def build_from_metadata(meta: dict[str, Any], source: str | Path) -> nn.Module:
     """The (untrained) model described by `model_metadata`'s output."""
     from .resnet import ResNetConfig
 
+    if "optimizer" in meta and "progress" in meta:  # what `resnets train` writes to resume from
+        raise CheckpointError(f"{source}: a resume state (for `resnets train --resume`), not a model; use "
+                              f"best.safetensors or last.safetensors of its run folder")
     try:
         arch = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(meta["config"]).items()}
         cfg = ResNetConfig().replace(**arch)
