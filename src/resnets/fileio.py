@@ -114,6 +114,14 @@ def written_by_torch_save(path: str | os.PathLike) -> bool:
     return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
+def written_as_safetensors(path: str | os.PathLike) -> bool:
+    """Whether the file starts as a safetensors file does (found under another name: w.pt): 8 bytes of header
+    length, then the JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
 def content_digest(obj: Any) -> str:
     """SHA-256 over a nest of dicts/lists of tensors and primitives (keys sorted, tensors by dtype/shape/bytes)."""
     h = hashlib.sha256()

@@ -23,10 +23,9 @@ from torchvision.transforms import v2
 
 from .bad_files import Unreadable, print_warning
 from .images import BrokenImageError, DataError, is_image_file, load_image
-from .walk import find_images, require_folder
+from .walk import Warn, find_images, require_folder
 
 Transform = Callable[[Any], Any] | None
-Warn = Callable[[str], None]
 DIGITS_SIZE = 32  # scikit-learn's 8x8 digits upscaled to CIFAR's size, so the CIFAR ResNets run on them as-is
 CIFAR = {"cifar10": (datasets.CIFAR10, "CIFAR-10"), "cifar100": (datasets.CIFAR100, "CIFAR-100")}
 MAX_NAMED = 5  # how many offending files an error message lists before "..."

@@ -19,7 +19,8 @@ from safetensors.torch import save
 from torch import nn
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes, atomic_write_json, content_digest, written_by_torch_save
+from ..fileio import (atomic_write_bytes, atomic_write_json, content_digest, written_as_safetensors,
+                      written_by_torch_save)
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 METADATA_KEY = "resnets"  # safetensors metadata entry holding the JSON of `model_metadata`
@@ -53,13 +54,6 @@ class LoadReport:
         return f"loaded {self.path}{skipped}"
 
 
-def _starts_like_safetensors(path: Path) -> bool:
-    """A safetensors file under another name (w.pt): 8 bytes of header length, then the JSON header."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
-
-
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a weights file or folder, with wrappers and foreign names undone."""
     path = Path(path)
@@ -70,7 +64,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     metadata: dict[str, Any] = {}
-    if path.suffix.lower() == ".safetensors" or _starts_like_safetensors(path):
+    if path.suffix.lower() == ".safetensors" or written_as_safetensors(path):
         try:
             with safe_open(str(path), "pt") as f:  # one open for tensors and header alike
                 header = f.metadata() or {}
