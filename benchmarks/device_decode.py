@@ -22,12 +22,12 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from resnets.bench import BenchSettings, make_step
+from resnets.bench.model import BenchSettings, make_step
 from resnets.data.bad_files import BadFiles
 from resnets.data.device_decode import JPEG_DECODERS, DeviceDecodeLoader, EncodedFiles, collate_encoded, jpeg_decoder
-from resnets.data.resident import DeviceAugment
-from resnets.models import create_model, get_config
-from resnets.tasks.common import resolve_device
+from resnets.data.in_memory import DeviceAugment
+from resnets.models import PretrainedCfg, create_model, get_config
+from resnets.device import resolve_device
 from resnets.training.sampling import EpochSampler
 
 
@@ -41,11 +41,11 @@ def sync(device: torch.device) -> None:
 
 
 def decoding_loader(samples: list[tuple[str, int]], a: argparse.Namespace, device: torch.device, decoder: str,
-                    data_cfg: dict, size: int) -> DeviceDecodeLoader:
+                    pretrained_cfg: PretrainedCfg, size: int) -> DeviceDecodeLoader:
     files = DataLoader(EncodedFiles(samples), batch_size=a.batch, num_workers=a.workers, collate_fn=collate_encoded,
                        pin_memory=device.type == "cuda", persistent_workers=False,
                        sampler=RandomSampler(samples, replacement=True, num_samples=a.batch * (a.steps + 1)))
-    return DeviceDecodeLoader(files, EpochSampler(len(samples), seed=0), DeviceAugment(data_cfg, size, 0.5), device,
+    return DeviceDecodeLoader(files, EpochSampler(len(samples), seed=0), DeviceAugment(pretrained_cfg, size, 0.5), device,
                               BadFiles(len(samples), 0.99), decoder)
 
 
@@ -86,11 +86,11 @@ def main() -> None:
     amp = a.amp if device.type == "cuda" else "off"
     classes = sorted(d for d in Path(a.data).iterdir() if d.is_dir())
     samples = [(str(f), label) for label, d in enumerate(classes) for f in sorted(d.glob("*.jpg"))]
-    data_cfg = dict(get_config(a.model).data_config())
+    pretrained_cfg = get_config(a.model).default_pretrained_cfg()
     settings = BenchSettings(model=a.model, batch_size=a.batch, img_size=a.img_size, amp=amp)
     torch.backends.cudnn.benchmark = True
     model = create_model(a.model, num_classes=len(classes)).to(device, memory_format=torch.channels_last)
-    train_step = make_step(model, settings, device, fused=True)
+    train_step = make_step(model, settings, device, ours=True)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:  # the loader's crops are contiguous: as the trainer
         train_step(x.contiguous(memory_format=torch.channels_last), y)
@@ -103,7 +103,7 @@ def main() -> None:
           f"torch {torch.__version__}")
 
     # The decoders alone, on payloads read into memory once: no workers, no augmentation.
-    payload_batches = [next(iter(decoding_loader(samples, a, device, "torchvision", data_cfg, a.img_size).loader))
+    payload_batches = [next(iter(decoding_loader(samples, a, device, "torchvision", pretrained_cfg, a.img_size).loader))
                        for _ in range(4)]
     results: dict[str, list[float]] = {}
     for _ in range(a.rounds):
@@ -122,7 +122,7 @@ def main() -> None:
         for decoder in available_decoders(device):
             for where, ahead in (("in turn", False), ("ahead on a thread", True)):
                 for stage, fed in (("files -> device batches", None), ("step <- device decode", step)):
-                    loader = decoding_loader(samples, a, device, decoder, data_cfg, a.img_size)
+                    loader = decoding_loader(samples, a, device, decoder, pretrained_cfg, a.img_size)
                     batches = iter(loader) if ahead else in_turn(loader)
                     results.setdefault(f"{stage}, {decoder}, {where}", []).append(rate(batches, a.steps, device, fed))
         print(f"round {len(results['step <- synthetic'])} done", flush=True)

@@ -15,7 +15,7 @@ import time
 import torch
 
 import resnets
-from resnets.models.inference import fold_batchnorm
+from resnets.inference.fold import fold_batchnorm
 
 
 def images_per_second(model: torch.nn.Module, x: torch.Tensor, steps: int) -> float:

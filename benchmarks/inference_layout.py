@@ -17,7 +17,7 @@ import statistics
 import torch
 
 import resnets
-from resnets.models.inference import fold_batchnorm
+from resnets.inference.fold import fold_batchnorm
 
 from fold_batchnorm import images_per_second
 

@@ -53,11 +53,11 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=30)
     p.add_argument("-b", type=int, default=256)
     a = p.parse_args()
-    cfg = dict(get_config("resnet50").data_config())
+    cfg = get_config("resnet50").default_pretrained_cfg()
     ours = train_transform(cfg, 224)
     ours_u8 = train_transform(cfg, 224, normalize=False)
     classic = v1.Compose([v1.RandomResizedCrop(224), v1.RandomHorizontalFlip(), v1.ToTensor(),
-                          v1.Normalize(cfg["mean"], cfg["std"])])
+                          v1.Normalize(cfg.mean, cfg.std)])
     classic_u8 = v1.Compose([v1.RandomResizedCrop(224), v1.RandomHorizontalFlip(), v1.PILToTensor()])
 
     files = sorted(glob.glob(f"{a.data}/*/*.jpg"))[:300]

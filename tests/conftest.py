@@ -79,13 +79,13 @@ def assert_close() -> Callable[[torch.Tensor, torch.Tensor], None]:
 def poison_losses(monkeypatch) -> Callable[[set[int]], None]:
     """`poison_losses({3, 4})`: in the training runs that follow, the loss of those (1-based) batches is NaN.
     A second call replaces the first."""
-    from resnets.training import trainer
+    from resnets.training import step
 
-    real = trainer.make_criterion
+    real = step.make_criterion
 
     def poison(batches: set[int]) -> None:
-        def poisoned(cfg, splits, device):
-            criterion, calls = real(cfg, splits, device), [0]
+        def poisoned(cfg, class_counts, device):
+            criterion, calls = real(cfg, class_counts, device), [0]
 
             def loss(logits, labels):
                 calls[0] += 1
@@ -94,6 +94,6 @@ def poison_losses(monkeypatch) -> Callable[[set[int]], None]:
 
             return loss
 
-        monkeypatch.setattr(trainer, "make_criterion", poisoned)
+        monkeypatch.setattr(step, "make_criterion", poisoned)
 
     return poison

@@ -19,7 +19,7 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
 import resnets
-import resnets.training.trainer as trainer
+import resnets.training.run as training_run
 from resnets.cli import main
 from resnets.data import (BrokenImageError, DataError, eval_transform, list_images, load_image, load_splits,
                           train_transform)
@@ -28,12 +28,13 @@ from resnets.data.check import check_data
 from resnets.data.datasets import ImageFiles
 from resnets.errors import ConfigError
 from resnets.models import create_model, get_config
-from resnets.models.weights import load_checkpoint, load_model
-from resnets.tasks.evaluate import evaluate_checkpoint
-from resnets.tasks.predict import predict_images
+from resnets.hub import load_model
+from resnets.models.weights import load_weights
+from resnets.inference.evaluate import evaluate_weights
+from resnets.inference.predict import predict_images
 from resnets.training.config import TrainConfig
 
-DATA_CFG = dict(get_config("cifar_resnet20").data_config())
+DATA_CFG = get_config("cifar_resnet20").default_pretrained_cfg()
 RUN = dict(model="cifar_resnet20", epochs=1, img_size=32, batch_size=8, lr=0.05, progress=False)
 
 
@@ -337,7 +338,7 @@ def count_training_images(monkeypatch) -> list[int]:
         model.register_forward_pre_hook(lambda m, inputs: sizes.append(inputs[0].shape[0]) if m.training else None)
         return model
 
-    monkeypatch.setattr(trainer, "create_model", create)
+    monkeypatch.setattr(training_run, "create_model", create)
     return sizes
 
 
@@ -415,7 +416,7 @@ def test_too_many_broken_files_stop_the_run_with_exit_code_2(dataset, tmp_path, 
 
 def test_eval_skips_and_lists_broken_files_in_its_output_dir(dataset, trained, tmp_path, capsys) -> None:
     data, bad, _ = dataset
-    summary = evaluate_checkpoint(trained, data, workers=0, output_dir=tmp_path / "eval", max_bad_fraction=0.5)
+    summary = evaluate_weights(trained, data, workers=0, output_dir=tmp_path / "eval", max_bad_fraction=0.5)
     assert summary.num_samples == 8 and summary.unreadable_files == 1
     rows = list(csv.DictReader((tmp_path / "eval" / "bad_files.csv").open()))
     assert [r["file"] for r in rows] == [f for f in bad if "/val/" in f]
@@ -423,7 +424,7 @@ def test_eval_skips_and_lists_broken_files_in_its_output_dir(dataset, trained, t
     lines = [line for line in capsys.readouterr().err.splitlines() if "unreadable" in line]
     assert lines == [f"warning: skipped 1 unreadable image (see {tmp_path / 'eval' / 'bad_files.csv'})"]
 
-    code = main(["eval", "--checkpoint", str(trained), "--data-dir", str(data), "-j", "0",
+    code = main(["eval", "--weights", str(trained), "--data-dir", str(data), "-j", "0",
                  "--output", str(tmp_path / "strict"), "--max-bad-fraction", "0.1"])  # 1 of 9 is 11%
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("resnets eval: error: ") and "unreadable" in err[-1]
@@ -452,11 +453,11 @@ def test_finetuning_a_head_trained_on_other_classes_needs_remap(dataset, trained
 
     def finetune(class_names: list[str], remap: bool) -> torch.nn.Module:
         model = create_model("cifar_resnet20", num_classes=2)
-        trainer.load_pretrained(model, TrainConfig(pretrained=str(weights), remap_classes=remap), class_names)
+        training_run.load_pretrained(model, TrainConfig(pretrained=str(weights), remap_classes=remap), class_names)
         return model
 
     source = create_model("cifar_resnet20", num_classes=2)
-    load_checkpoint(source, weights)
+    load_weights(source, weights)
     same, remapped = finetune(["a", "b"], remap=False), finetune(["cat", "dog"], remap=True)
     assert torch.equal(same.fc.weight, source.fc.weight) and same.class_names == ["a", "b"]
     assert not torch.equal(remapped.fc.weight, source.fc.weight) and remapped.class_names == ["cat", "dog"]
@@ -538,7 +539,7 @@ def test_check_data_cli_exit_codes_and_report(tmp_path, capsys) -> None:
     # The same train folder with a val folder given apart: the leak is found all the same.
     code, out, _ = check_cli(capsys, tmp_path / "d" / "train", "--val-dir", tmp_path / "d" / "val", "-j", "1")
     assert code == 1 and " = ".join(expected["leak"]) in out
-    for argv in ([tmp_path / "missing"], [tmp_path / "d", "--val-dir", tmp_path / "nope"], [tmp_path / "d", "-j", "0"]):
+    for argv in ([tmp_path / "missing"], [tmp_path / "d", "--val-dir", tmp_path / "nope"], [tmp_path / "d", "-j", "-1"]):
         code, out, err = check_cli(capsys, *argv)
         assert code == 2 and out == "" and err.startswith("resnets check-data: error: ") and err.count("\n") == 1
 

@@ -5,7 +5,9 @@ import os
 import pytest
 import torch
 
-from resnets.bench import BenchSettings, make_step, reference_model, run_bench
+import resnets
+
+from resnets.bench.model import BenchSettings, make_step, reference_model, run_bench
 from resnets.cli import main
 from resnets.errors import ConfigError
 
@@ -27,17 +29,15 @@ def test_bench_train_against_references_reports_every_impl():
 
 
 def test_train_step_updates_weights_and_infer_does_not():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                                torch.nn.LazyLinear(10))
+    model = resnets.cifar_resnet(8, num_classes=10)  # resnets' side of the bench: the trainer's own step
     x, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
-    model(x)
     before = [p.detach().clone() for p in model.parameters()]
     make_step(model, BenchSettings(mode="train", **{k: v for k, v in TINY.items() if k != "device"}),
-              torch.device("cpu"), fused=True)(x, y)
+              torch.device("cpu"), ours=True)(x, y)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     after_train = [p.detach().clone() for p in model.parameters()]
     make_step(model, BenchSettings(mode="infer", **{k: v for k, v in TINY.items() if k != "device"}),
-              torch.device("cpu"), fused=True)(x, y)
+              torch.device("cpu"), ours=True)(x, y)
     assert all(torch.equal(a, b) for a, b in zip(after_train, model.parameters()))
 
 
@@ -45,7 +45,7 @@ def test_train_step_updates_weights_and_infer_does_not():
 def test_bench_cli_writes_json_and_table(tmp_path, capsys, monkeypatch, flag, expected):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", not expected)
     seen = []
-    monkeypatch.setattr("resnets.bench._time_steps", lambda *a: seen.append(torch.backends.cudnn.benchmark) or [1.0])
+    monkeypatch.setattr("resnets.bench.model._time_steps", lambda *a: seen.append(torch.backends.cudnn.benchmark) or [1.0])
     code = main(["bench", "--model", "cifar_resnet20", "--device", "cpu", "-b", "2", "--steps", "1", "--warmup", "1",
                  "--rounds", "1", "--mode", "infer", "--json", str(tmp_path / "b.json"), *flag])
     out = capsys.readouterr().out
@@ -136,7 +136,7 @@ def test_inductor_settings_hold_while_compiling_and_timing_and_are_recorded(tmp_
         return model
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr("resnets.bench._time_steps",
+    monkeypatch.setattr("resnets.bench.model._time_steps",
                         lambda *a: seen.append(("time", config.conv_1x1_as_mm, config.freezing)) or [1.0])
     code = main(["bench", "--model", "cifar_resnet20", "--device", "cpu", "-b", "2", "--steps", "1", "--rounds", "1",
                  "--compile", "default", "--inductor", "conv_1x1_as_mm=true", "--inductor", "freezing=yes",
@@ -151,7 +151,7 @@ def test_inductor_settings_hold_while_compiling_and_timing_and_are_recorded(tmp_
 
 
 def test_inductor_values_are_read_as_the_setting_needs():
-    from resnets.bench import check_inductor_settings, parse_inductor_settings
+    from resnets.bench.model import check_inductor_settings, parse_inductor_settings
 
     changes = parse_inductor_settings(["cpu_gpu_bw=1e-3", "max_autotune_subproc_result_timeout_seconds=30",
                                        "conv_1x1_as_mm=true"])

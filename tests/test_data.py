@@ -20,9 +20,10 @@ from torchvision import datasets as tv_datasets
 
 from resnets.data import DataError, DataSplits, eval_transform, load_eval_set, load_splits, train_transform
 from resnets.errors import ConfigError
+from resnets.models.pretrained_cfg import PretrainedCfg
 
 COLORS = {"apple": (220, 20, 20), "banana": (240, 220, 30), "cherry": (90, 0, 160), "durian": (20, 160, 40)}
-DATA_CFG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 1.0}
+DATA_CFG = PretrainedCfg(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_pct=1.0)
 
 
 def write_image(path: Path, color: tuple[int, int, int], mode: str = "RGB") -> Path:
@@ -506,7 +507,7 @@ def test_thin_images_are_cropped_before_resizing_with_the_same_result():
 
     from resnets.data.transforms import _to_normalized, eval_transform
 
-    cfg = {"input_size": (3, 224, 224), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 0.875}
+    cfg = PretrainedCfg.from_dict({"input_size": (3, 224, 224), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 0.875})
     uncapped = v2.Compose([v2.ToImage(), v2.Resize(256, antialias=True), v2.CenterCrop(224), *_to_normalized(cfg)])
     rng = np.random.default_rng(0)
     for shape in [(300, 400), (100, 450), (450, 90), (7, 900)]:
@@ -523,8 +524,8 @@ def test_thin_images_are_cropped_before_resizing_with_the_same_result():
 def test_uint8_transforms_normalised_on_the_device_equal_the_float_transforms(size: int) -> None:
     from resnets.data.transforms import DeviceNormalize
 
-    cfg = {"input_size": (3, size, size), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-           "crop_pct": 0.875, "interpolation": "bilinear"}
+    cfg = PretrainedCfg.from_dict({"input_size": (3, size, size), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+           "crop_pct": 0.875, "interpolation": "bilinear"})
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 120, 3), dtype=np.uint8))
     finish = DeviceNormalize(cfg, channels_last=True)
     for make in (lambda n: train_transform(cfg, hflip=0.5, normalize=n), lambda n: eval_transform(cfg, normalize=n)):
@@ -540,7 +541,7 @@ def test_uint8_transforms_normalised_on_the_device_equal_the_float_transforms(si
 
 
 def test_random_erasing_needs_normalising_in_the_workers() -> None:
-    cfg = {"input_size": (3, 96, 96), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    cfg = PretrainedCfg.from_dict({"input_size": (3, 96, 96), "mean": (0.5,) * 3, "std": (0.5,) * 3})
     with pytest.raises(ConfigError, match="random erasing"):
         train_transform(cfg, random_erasing=0.25, normalize=False)
 
@@ -548,7 +549,7 @@ def test_random_erasing_needs_normalising_in_the_workers() -> None:
 
 def test_predict_lists_a_folder_as_training_lists_a_class_folder(tmp_path: Path, capsys) -> None:
     """predict's `list_images` used Path.rglob, which (Python < 3.13) does not enter a linked subfolder."""
-    from resnets.data.images import list_images
+    from resnets.data.walk import list_images
 
     elsewhere = make_folder(tmp_path / "elsewhere", {"cherry": 3})
     root = make_folder(tmp_path / "fruit", {"apple": 4})
@@ -563,7 +564,7 @@ def test_predict_lists_a_folder_as_training_lists_a_class_folder(tmp_path: Path,
 def test_predict_lists_a_folder_with_a_linked_image_beside_real_ones(tmp_path: Path, capsys) -> None:
     """A link to an image of the same folder is a repeat; the walk had no real path for the folder given
     and stopped with a KeyError."""
-    from resnets.data.images import list_images
+    from resnets.data.walk import list_images
 
     root = make_folder(tmp_path / "fruit", {"apple": 2})
     (root / "apple" / "sub").mkdir()

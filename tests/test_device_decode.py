@@ -19,7 +19,7 @@ from resnets.data.bad_files import BadFiles, Unreadable
 from resnets.data.device_decode import (JPEG_DECODERS, DeviceDecodeLoader, EncodedFiles, collate_encoded,
                                         decode_batch, device_decodable, jpeg_decoder)
 from resnets.data.images import load_image
-from resnets.data.resident import DeviceAugment
+from resnets.data.in_memory import DeviceAugment
 from resnets.models import get_config
 from resnets.training.sampling import EpochSampler
 
@@ -180,7 +180,7 @@ def jpeg_folder(root: Path, count: int = 20, broken: tuple[int, ...] = ()) -> li
 def decoding_loader(samples, batch_size: int = 4, device: str = "cpu", **kwargs) -> DeviceDecodeLoader:
     sampler = EpochSampler(len(samples), seed=0)
     files = DataLoader(EncodedFiles(samples), batch_size=batch_size, sampler=sampler, collate_fn=collate_encoded)
-    augment = DeviceAugment(get_config("cifar_resnet20").data_config(), 16, hflip=0.5)
+    augment = DeviceAugment(get_config("cifar_resnet20").default_pretrained_cfg(), 16, hflip=0.5)
     return DeviceDecodeLoader(files, sampler, augment, torch.device(device), BadFiles(len(samples), 0.5), **kwargs)
 
 
@@ -199,7 +199,7 @@ def test_batches_decoded_ahead_on_their_own_thread_are_those_decoded_in_turn(tmp
         images, _ = decode_batch(payloads, paths, torch.device(device))
         keep = [i for i, image in enumerate(images) if image is not None]
         g = EpochSampler(len(samples), seed=0).batch_generator(k, 4)
-        in_turn.append((DeviceAugment(get_config("cifar_resnet20").data_config(), 16, hflip=0.5)
+        in_turn.append((DeviceAugment(get_config("cifar_resnet20").default_pretrained_cfg(), 16, hflip=0.5)
                         .from_images([images[i] for i in keep], g), labels[keep]) if keep else None)
     assert threading.current_thread().name in threads and in_turn[2] is None
     for prefetch in (1, 3):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 import resnets
 from resnets.errors import ConfigError
-from resnets.training.checkpoint import list_resume_files, load_resume_state
+from resnets.training.checkpoint import list_checkpoints, load_checkpoint
 from resnets.training.config import TrainConfig
 from resnets.training.distributed import Distributed, convert_sync_bn
 from resnets.training.optim import scaled_lr
@@ -121,12 +121,12 @@ def test_two_processes_write_once_and_count_every_val_image_once(two_process_run
     metrics = json.loads((two_process_run / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["val_samples"] == 359 and metrics["global_steps"] == 44
     assert sum(row["support"] for row in metrics["per_class"] if row["class"] in metrics["class_names"]) == 359
-    state = load_resume_state(list_resume_files(two_process_run)[-1])
+    state = load_checkpoint(list_checkpoints(two_process_run)[-1])
     assert state["world_size"] == 2 and len(state["rng_per_rank"]) == 2
 
     # The distributed validation equals one process evaluating the whole split with the same weights.
     from resnets.data import eval_transform, load_splits
-    from resnets.training.loop import evaluate
+    from resnets.evaluation import evaluate
 
     model = resnets.load_model(two_process_run / "best.safetensors")
     splits = load_splits("digits", None, val_fraction=0.2, seed=0,
@@ -160,14 +160,14 @@ def test_a_user_error_found_by_rank_0_ends_every_rank_with_one_line(tmp_path):
     done = torchrun([*SMALL, "--resume", str(tmp_path / "missing.pt")], tmp_path, timeout=120)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("resnets train: error:")]
-    assert errors and all("no such resume file" in line for line in errors)
+    assert errors and all("no such checkpoint" in line for line in errors)
     assert "resnets/training" not in done.stderr  # no traceback of ours (torchrun prints its own summary)
 
 
 def test_two_process_state_resumes_in_one_process(tmp_path, two_process_run):
     run_dir = tmp_path / "run"
     shutil.copytree(two_process_run, run_dir)
-    mid_epoch = list_resume_files(run_dir)[0]  # epoch 2, step 40: 18 batches x 32 x 2 processes consumed
+    mid_epoch = list_checkpoints(run_dir)[0]  # epoch 2, step 40: 18 batches x 32 x 2 processes consumed
     assert mid_epoch.name == "checkpoint-0002-000000040.pt"
     result = resnets.train(resume=str(mid_epoch), epochs=3, progress=False)
     # The rest of epoch 2 (1,438 - 1,152 = 286 images: 8 batches of 32 alone), then a whole epoch of 44.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import resnets
-from resnets.training import steps as steps_module
+from resnets.training import epoch as epoch_module
 from resnets.training import trainer as trainer_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: host syncs exist only there")
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a G
     dict(in_memory=True, skip_nonfinite=3, accum_steps=2, checkpoint_every=4, ema_decay=0.9, poisoned={3, 4, 9}),
 ], ids=["resident", "loader-ema-mixup-clip-adamw", "accumulate-skip-checkpoint"])
 def test_the_step_loop_has_no_host_sync(tmp_path, monkeypatch, poison_losses, options):
-    real_epoch, real_values = trainer_module.train_one_epoch, steps_module._StepReport.values
+    real_epoch, real_values = trainer_module.train_one_epoch, epoch_module.StepReport.values
     options = dict(options)
     if "poisoned" in options:
         poison_losses(options.pop("poisoned"))
@@ -33,15 +33,15 @@ def test_the_step_loop_has_no_host_sync(tmp_path, monkeypatch, poison_losses, op
 
         return unchecked
 
-    def strict_epoch(run, loader, cfg, progress, checkpoint):
+    def strict_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch):
         torch.cuda.set_sync_debug_mode("error")
         try:
-            return real_epoch(run, loader, cfg, progress, allowed(checkpoint))
+            return real_epoch(step, loader, cfg, progress, allowed(checkpoint), batches_per_epoch)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
     monkeypatch.setattr(trainer_module, "train_one_epoch", strict_epoch)
-    monkeypatch.setattr(steps_module._StepReport, "values", allowed(real_values))
+    monkeypatch.setattr(epoch_module.StepReport, "values", allowed(real_values))
     result = resnets.train(output=str(tmp_path), device="cuda", epochs=2, img_size=32, batch_size=64, workers=0,
                            progress=False, **options)
     assert result.metrics["global_steps"] > 10

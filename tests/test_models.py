@@ -13,7 +13,7 @@ from torch import nn
 
 from resnets.errors import ConfigError
 from resnets.models import FeatureExtractor, ResNet, cifar_resnet, cifar_resnext, create_model, list_models
-from resnets.models.inference import for_inference
+from resnets.inference.fold import for_inference
 from resnets.models.layers import DropPath
 
 ALL_MODELS = list_models()

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from resnets.training.checkpoint import rng_state
-from resnets.training.config import OPTIMIZERS, TrainConfig
-from resnets.training.optim import fused_optimizer, make_optimizer
+from resnets.training.config import TrainConfig
+from resnets.training.optim import OPTIMIZERS, fused_optimizer, make_optimizer
 from resnets.training.resume import restore
-from resnets.training.steps import Progress
+from resnets.training.epoch import Progress
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -38,9 +38,8 @@ def test_a_resumed_state_keeps_this_machines_optimizer_implementation():
     state = dict(model=model.state_dict(), optimizer=saved.state_dict(), progress=dataclasses.asdict(Progress()),
                  rng=rng_state())
     optimizer = fused_optimizer(torch.optim.SGD, model.parameters(), lr=0.1, momentum=0.9)
-    run = SimpleNamespace(model=model, optimizer=optimizer, ema=None, global_batch=32,
-                          dist=SimpleNamespace(world_size=1, rank=0))
-    restore(run, state, seed=0)
+    step = SimpleNamespace(model=model, optimizer=optimizer, ema=None, dist=SimpleNamespace(world_size=1, rank=0))
+    restore(step, state, TrainConfig(batch_size=32, seed=0))
     assert all(g["fused"] == optimizer.defaults["fused"] for g in optimizer.param_groups)
     momentum = saved.state_dict()["state"][0]["momentum_buffer"]
     assert torch.equal(optimizer.state_dict()["state"][0]["momentum_buffer"], momentum)  # the state itself is loaded
@@ -59,8 +58,8 @@ def test_adam_resumed_from_an_unfused_state_steps_with_its_counters_on_the_param
     loaded = []
     real_load = optimizer.load_state_dict
     monkeypatch.setattr(optimizer, "load_state_dict", lambda sd: loaded.append(sd) or real_load(sd))
-    restore(SimpleNamespace(model=model, optimizer=optimizer, ema=None, global_batch=32,
-                            dist=SimpleNamespace(world_size=1, rank=0)), state, seed=0)
+    restore(SimpleNamespace(model=model, optimizer=optimizer, ema=None, dist=SimpleNamespace(world_size=1, rank=0)),
+            state, TrainConfig(batch_size=32, seed=0))
     # fused before loading: torch places the step counters by the loaded groups' flags
     assert all(g["fused"] is True for g in loaded[0]["param_groups"])
     assert all(s["step"].device == model.weight.device for s in optimizer.state.values())

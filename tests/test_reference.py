@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from resnets.models import create_model
-from resnets.models.weights import load_checkpoint
+from resnets.models.weights import load_weights
 
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
                "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"]
@@ -67,7 +67,7 @@ def _check_against_reference(name: str, ref: nn.Module, weights_file, randomize_
     # outputs checked above follow.
     safetensors.torch.save_file(state, str(weights_file))
     _poison(ours)
-    report = load_checkpoint(ours, weights_file)
+    report = load_weights(ours, weights_file)
     weights_file.unlink()  # up to 500 MB each: the suite's temp folder stays small on a small disk
     assert report.skipped == []
     loaded = ours.state_dict()

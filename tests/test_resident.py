@@ -13,14 +13,15 @@ from safetensors.torch import load_file
 
 import resnets
 from resnets.data.datasets import ImageFiles
-from resnets.data.resident import DeviceAugment, cached_store, store_size
+from resnets.data.in_memory import DeviceAugment, cached_store, store_size
 from resnets.errors import ConfigError
-from resnets.training.checkpoint import list_resume_files
+from resnets.models.pretrained_cfg import PretrainedCfg
+from resnets.training.checkpoint import list_checkpoints
 from resnets.training.config import TrainConfig
 
-CIFAR_CFG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 1.0}
-IMAGENET_CFG = {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                "crop_pct": 0.875}
+CIFAR_CFG = PretrainedCfg.from_dict({"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 1.0})
+IMAGENET_CFG = PretrainedCfg.from_dict({"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                "crop_pct": 0.875})
 
 
 def test_small_images_are_reflect_padded_cropped_and_flipped_like_the_file_pipeline():
@@ -106,7 +107,7 @@ def test_an_in_memory_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path)
     copy = tmp_path / "resumed"
     shutil.copytree(straight.run_dir, copy)
     mid_epoch_2 = copy / "checkpoint-0002-000000050.pt"  # 6 of epoch 2's 44 steps done
-    assert mid_epoch_2 in list_resume_files(copy)
+    assert mid_epoch_2 in list_checkpoints(copy)
     resnets.train(resume=str(mid_epoch_2), progress=False)
     a, b = load_file(str(straight.run_dir / "last.safetensors")), load_file(str(copy / "last.safetensors"))
     assert [k for k in a if not torch.equal(a[k], b[k])] == []

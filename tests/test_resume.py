@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 import resnets
 from resnets.errors import CheckpointError
-from resnets.training.checkpoint import (find_resume, list_resume_files, load_resume_state,
-                                         remove_stray_temp_files, save_resume_state)
-from resnets.training.trainer import TrainingError
+from resnets.training.checkpoint import (find_checkpoint, list_checkpoints, load_checkpoint,
+                                         remove_stray_temp_files, save_checkpoint)
+from resnets.errors import TrainingError
 
 SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--no-progress"]  # digits, 45 steps an epoch
 
@@ -74,7 +74,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, workers, r
     run_dir = tmp_path / "killed"
     deadline = time.time() + 300
     while time.time() < deadline:  # kill right after the second mid-epoch checkpoint of epoch 1
-        files = list_resume_files(run_dir) if run_dir.exists() else []
+        files = list_checkpoints(run_dir) if run_dir.exists() else []
         if any(f.name.startswith("checkpoint-0001-") and int(f.stem.split("-")[2]) >= 10 for f in files):
             break
         assert victim.poll() is None, victim.communicate()
@@ -101,12 +101,12 @@ def test_sigkill_during_saves_never_leaves_a_partial_file(tmp_path):
     script = f"""
 import torch, itertools
 from pathlib import Path
-from resnets.training.checkpoint import save_resume_state
+from resnets.training.checkpoint import save_checkpoint
 state = dict(model={{"w": torch.randn(2_000_000)}}, optimizer={{}}, scheduler={{}}, epoch=1, batch_in_epoch=0,
              config={{}}, history=[])
 print("ready", flush=True)
 for step in itertools.count():
-    save_resume_state(Path({str(tmp_path)!r}), dict(state, global_step=step), keep=3)
+    save_checkpoint(Path({str(tmp_path)!r}), dict(state, global_step=step), keep=3)
 """
     for delay in (0.3, 0.45, 0.6, 0.8, 1.1):
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -114,10 +114,10 @@ for step in itertools.count():
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        finals = list_resume_files(tmp_path)
+        finals = list_checkpoints(tmp_path)
         assert finals, "nothing was saved before the kill"
         for path in finals:  # every file under a final name is complete and verified
-            assert load_resume_state(path)["global_step"] >= 0
+            assert load_checkpoint(path)["global_step"] >= 0
         assert len(finals) <= 4  # retention ran (one extra can exist between rename and cleanup)
     remove_stray_temp_files(tmp_path)
     assert not list(tmp_path.glob(".*.tmp"))
@@ -133,15 +133,15 @@ def test_retention_keeps_the_newest_and_resume_auto_falls_back(tmp_path, capsys)
     for run_dir in (old_run, new_run):
         run_dir.mkdir()
         for step in range(1, 6):
-            save_resume_state(run_dir, _state(step), keep=2)
-    assert [p.name for p in list_resume_files(new_run)] == ["checkpoint-0001-000000004.pt", "checkpoint-0001-000000005.pt"]
-    newest = list_resume_files(new_run)[-1]
+            save_checkpoint(run_dir, _state(step), keep=2)
+    assert [p.name for p in list_checkpoints(new_run)] == ["checkpoint-0001-000000004.pt", "checkpoint-0001-000000005.pt"]
+    newest = list_checkpoints(new_run)[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated by a crash of the disk
-    run_dir, path, state = find_resume("auto", tmp_path)
+    run_dir, path, state = find_checkpoint("auto", tmp_path)
     assert run_dir == new_run and path.name.endswith("000000004.pt") and state["global_step"] == 4
     assert "checkpoint-0001-000000005.pt" in capsys.readouterr().err  # warned about the damaged one
     with pytest.raises(CheckpointError, match="000000005.pt"):
-        load_resume_state(newest)
+        load_checkpoint(newest)
 
 
 def test_resume_with_an_unsafe_payload_is_refused_and_never_runs(tmp_path):
@@ -154,7 +154,7 @@ def test_resume_with_an_unsafe_payload_is_refused_and_never_runs(tmp_path):
     bad = tmp_path / "checkpoint-0001-000000001.pt"
     torch.save(dict(_state(1), extra=Payload()), bad)
     with pytest.raises(CheckpointError, match="checkpoint-0001-000000001.pt"):
-        load_resume_state(bad)
+        load_checkpoint(bad)
     assert not marker.exists()
 
 
@@ -164,7 +164,7 @@ def test_mutated_files_give_a_clear_error_or_identical_content(tmp_path, data):
     model = resnets.create_model("cifar_resnet20", num_classes=3)
     weights = tmp_path / "w.safetensors"
     resnets.models.weights.save_weights(model, weights)
-    resume = save_resume_state(tmp_path, _state(7), keep=5)
+    resume = save_checkpoint(tmp_path, _state(7), keep=5)
     for path in (weights, resume):
         original = path.read_bytes()
         kind = data.draw(st.sampled_from(["truncate", "flip", "random", "empty"]))
@@ -186,7 +186,7 @@ def test_mutated_files_give_a_clear_error_or_identical_content(tmp_path, data):
                 got = resnets.models.weights.read_state_dict(bad)[0]
                 expected = load_file(str(weights))
             else:
-                got, expected = load_resume_state(bad)["model"], _state(7)["model"]
+                got, expected = load_checkpoint(bad)["model"], _state(7)["model"]
         except CheckpointError as e:
             assert str(bad) in str(e) and "\n" not in str(e)
         else:  # the flip hit bytes that carry no content: what loads must be exactly the original
@@ -244,14 +244,14 @@ def test_resume_of_a_finished_run_needs_more_epochs(tmp_path, capsys):
 
 
 def test_resuming_an_older_state_moves_the_newer_ones_aside(tmp_path):
-    from resnets.training.checkpoint import abandon_newer_states
+    from resnets.training.checkpoint import abandon_newer_checkpoints
 
     for step in range(1, 6):
-        save_resume_state(tmp_path, _state(step), keep=5)
-    older = list_resume_files(tmp_path)[2]
-    moved = abandon_newer_states(tmp_path, older)
+        save_checkpoint(tmp_path, _state(step), keep=5)
+    older = list_checkpoints(tmp_path)[2]
+    moved = abandon_newer_checkpoints(tmp_path, older)
     assert [p.name for p in moved] == ["checkpoint-0001-000000004.pt", "checkpoint-0001-000000005.pt"]
-    assert list_resume_files(tmp_path)[-1] == older and all(p.is_file() for p in moved)
+    assert list_checkpoints(tmp_path)[-1] == older and all(p.is_file() for p in moved)
 
 
 def test_atomic_copy_gives_the_same_bytes_or_leaves_the_old_file(tmp_path, monkeypatch):
@@ -286,7 +286,7 @@ def test_a_resume_applies_a_flag_that_repeats_its_default(monkeypatch):
 
     given: dict = {}
     finished_run = types.SimpleNamespace(best_top1=0.0, best_epoch=0, run_dir="runs/r")
-    monkeypatch.setattr("resnets.training.trainer.train", lambda **kw: given.update(kw) or finished_run)
+    monkeypatch.setattr("resnets.training.commands.train", lambda **kw: given.update(kw) or finished_run)
     assert main(["train", "--resume", "auto", "--epochs", "8", "--patience", "0"]) == 0
     assert given == {"resume": "auto", "epochs": 8, "patience": 0}
     state = {"config": dataclasses.asdict(TrainConfig(epochs=30, patience=3))}
@@ -294,8 +294,8 @@ def test_a_resume_applies_a_flag_that_repeats_its_default(monkeypatch):
     assert (cfg.epochs, cfg.patience) == (8, 0)
 
 
-def test_a_file_that_is_no_resume_state_is_named_so(tmp_path):
+def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hi\n")  # was 'not a readable resume state (KeyError: 105)'
-    with pytest.raises(CheckpointError, match="not a resume state"):
-        load_resume_state(path)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(path)

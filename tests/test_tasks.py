@@ -21,11 +21,12 @@ from resnets.cli import main
 from resnets.data import eval_transform, list_images, load_image
 from resnets.errors import ConfigError
 from resnets.models import create_model
-from resnets.models.weights import load_model, save_weights
+from resnets.hub import load_model
+from resnets.models.weights import save_weights
 from resnets.reports import (classification_report, confusion_figure_layout, confusion_matrix,
                              plot_confusion_matrix)
-from resnets.tasks.cam import grad_cam, save_cam_figure
-from resnets.tasks.export import ExportError, export_model, read_export_metadata
+from resnets.inference.cam import grad_cam, save_cam_figure
+from resnets.inference.export import ExportError, export_model, read_export_metadata
 
 CLASSES = ["apple", "banana", "cherry"]  # listed in an order that is also their sorted order
 PER_CLASS = 5
@@ -172,14 +173,14 @@ def test_confusion_png_size_and_content(tmp_path: Path, num_classes: int) -> Non
 # ---------------------------------------------------------------- eval
 
 def test_eval_writes_consistent_reports(work: dict, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = run_cli(capsys, "eval", "--checkpoint", work["run"], "--data-dir", work["data"], "-j", "0",
+    code, out, err = run_cli(capsys, "eval", "--weights", work["run"], "--data-dir", work["data"], "-j", "0",
                              "-b", "4")
     assert code == 0, err
     out_dir = work["run"] / "eval"
     summary = json.loads((out_dir / "eval.json").read_text())
     n = len(CLASSES) * PER_CLASS
     assert summary["num_samples"] == n
-    assert summary["checkpoint"] == str(work["run"] / "best.safetensors")
+    assert summary["weights"] == str(work["run"] / "best.safetensors")
     assert summary["data_dir"] == str(work["data"])
     assert summary["top5"] == 100.0  # 3 classes: the true one is always among the top 3
     assert summary["loss"] > 0
@@ -205,7 +206,7 @@ def test_eval_writes_consistent_reports(work: dict, capsys: pytest.CaptureFixtur
     assert f"top-1 {summary['top1']:.2f}%" in out and "weighted avg" in out
 
     # top-1 agrees with what `predict` says about the same files, one by one.
-    code, out, _ = run_cli(capsys, "predict", "--checkpoint", work["run"], "--topk", "1", work["data"])
+    code, out, _ = run_cli(capsys, "predict", "--weights", work["run"], "--topk", "1", work["data"])
     assert code == 0
     predicted = {r["file"]: r["top1_class"] for r in csv.DictReader(out.splitlines())}
     correct = sum(predicted[str(f)] == f.parent.name for f in work["files"])
@@ -214,7 +215,7 @@ def test_eval_writes_consistent_reports(work: dict, capsys: pytest.CaptureFixtur
 
 def test_eval_output_dir_and_bare_weights(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     out_dir = tmp_path / "somewhere"
-    code, _, err = run_cli(capsys, "eval", "--checkpoint", work["bare"], "--model", "cifar_resnet20",
+    code, _, err = run_cli(capsys, "eval", "--weights", work["bare"], "--model", "cifar_resnet20",
                            "--data-dir", work["data"] / "val", "-j", "0", "--output", out_dir)
     assert code == 0, err
     summary = json.loads((out_dir / "eval.json").read_text())
@@ -233,7 +234,7 @@ def test_predict_rows_match_inputs(work: dict, capsys: pytest.CaptureFixture, tm
     inputs = [single, work["data"] / "val" / "banana", broken]
     out_csv = tmp_path / "preds.csv"
     # On the CPU, as the reference below: a GPU's kernels differ from it by more than the 2e-6 checked here.
-    code, out, err = run_cli(capsys, "predict", "--checkpoint", work["run"], "--topk", "3", "--output", out_csv,
+    code, out, err = run_cli(capsys, "predict", "--weights", work["run"], "--topk", "3", "--output", out_csv,
                              "--device", "cpu", *inputs)
     assert code == 0, err
     assert "broken.png" in err and "skipped" in err  # named, not fatal
@@ -256,7 +257,7 @@ def test_predict_rows_match_inputs(work: dict, capsys: pytest.CaptureFixture, tm
 
 
 def test_predict_default_prints_csv_and_bare_weights_use_indices(work: dict, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = run_cli(capsys, "predict", "--checkpoint", work["bare"], "--model", "cifar_resnet20",
+    code, out, err = run_cli(capsys, "predict", "--weights", work["bare"], "--model", "cifar_resnet20",
                              work["files"][0])
     assert code == 0, err
     rows = list(csv.DictReader(out.splitlines()))
@@ -266,7 +267,7 @@ def test_predict_default_prints_csv_and_bare_weights_use_indices(work: dict, cap
 
 def test_predict_bare_weights_without_model(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     out_csv = tmp_path / "preds.csv"
-    code, _, err = run_cli(capsys, "predict", "--checkpoint", work["bare"], "--output", out_csv, work["files"][0])
+    code, _, err = run_cli(capsys, "predict", "--weights", work["bare"], "--output", out_csv, work["files"][0])
     assert_one_line_error(code, err, "predict")
     assert "--model" in err
     assert not out_csv.exists()
@@ -274,12 +275,12 @@ def test_predict_bare_weights_without_model(work: dict, capsys: pytest.CaptureFi
 
 def test_predict_no_readable_image(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"\xff\xd8 truncated")
-    code, _, err = run_cli(capsys, "predict", "--checkpoint", work["run"], "--output", tmp_path / "p.csv",
+    code, _, err = run_cli(capsys, "predict", "--weights", work["run"], "--output", tmp_path / "p.csv",
                            tmp_path / "a.jpg")
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("resnets predict: error: no readable images")
     assert not (tmp_path / "p.csv").exists()
-    code, _, err = run_cli(capsys, "predict", "--checkpoint", work["run"], "--topk", "4", work["files"][0])
+    code, _, err = run_cli(capsys, "predict", "--weights", work["run"], "--topk", "4", work["files"][0])
     assert_one_line_error(code, err, "predict")
 
 
@@ -288,7 +289,7 @@ def test_predict_no_readable_image(work: dict, capsys: pytest.CaptureFixture, tm
 def test_export_onnx_runs_at_another_batch(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     path = tmp_path / "model.onnx"
-    code, out, err = run_cli(capsys, "export", "--checkpoint", work["run"], "--format", "onnx", "--output", path,
+    code, out, err = run_cli(capsys, "export", "--weights", work["run"], "--format", "onnx", "--output", path,
                              "--opset", "18")
     assert code == 0, err
     assert "max |exported - eager|" in out
@@ -313,7 +314,7 @@ def test_export_onnx_runs_at_another_batch(work: dict, capsys: pytest.CaptureFix
 
 def test_export_pt2_runs_at_another_batch(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     path = tmp_path / "model.pt2"
-    code, _, err = run_cli(capsys, "export", "--checkpoint", work["run"], "--format", "pt2", "--output", path,
+    code, _, err = run_cli(capsys, "export", "--weights", work["run"], "--format", "pt2", "--output", path,
                            "--img-size", "40")
     assert code == 0, err
     program = torch.export.load(path)
@@ -329,7 +330,7 @@ def test_export_rejects_an_opset_the_exporter_cannot_write(work: dict, capsys: p
                                                            tmp_path: Path, opset: str) -> None:
     # Below 18 torch's exporter logs a conversion traceback and quietly writes opset 18; past onnx's newest,
     # its converter dumps a C++ assertion first.
-    code, _, err = run_cli(capsys, "export", "--checkpoint", work["run"], "--format", "onnx", "--output",
+    code, _, err = run_cli(capsys, "export", "--weights", work["run"], "--format", "onnx", "--output",
                            tmp_path / "m.onnx", "--opset", opset)
     assert_one_line_error(code, err, "export")
     assert re.search(r"writes opsets 18 to \d+$", err.strip())
@@ -371,7 +372,7 @@ def test_grad_cam_equals_cam_on_last_stage(work: dict) -> None:
 
 def test_cam_cli_writes_pngs(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     images = [work["files"][0], work["files"][PER_CLASS]]
-    code, out, err = run_cli(capsys, "cam", "--checkpoint", work["run"], "--output", tmp_path, *images)
+    code, out, err = run_cli(capsys, "cam", "--weights", work["run"], "--output", tmp_path, *images)
     assert code == 0, err
     written = sorted(tmp_path.iterdir())
     assert [p.name for p in written] == sorted(f"{p.stem}_cam.png" for p in images)
@@ -393,7 +394,7 @@ def test_cam_figure_of_a_white_image_draws_without_warnings(tmp_path: Path, capl
 
 
 def test_cam_unknown_layer_lists_stages(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    code, _, err = run_cli(capsys, "cam", "--checkpoint", work["run"], "--layer", "layer4", "--output", tmp_path,
+    code, _, err = run_cli(capsys, "cam", "--weights", work["run"], "--layer", "layer4", "--output", tmp_path,
                            work["files"][0])
     assert_one_line_error(code, err, "cam")
     assert "layer1, layer2, layer3" in err
@@ -415,16 +416,16 @@ def test_export_output_must_be_named_for_its_format(work: dict, capsys: pytest.C
     (weights,) = copied([work["run"] / "best.safetensors"], tmp_path / "run")
     before = weights.read_bytes()
     # The review's case: ONNX over the checkpoint the command reads, spelled through ./ and ..
-    code, _, err = run_cli(capsys, "export", "--checkpoint", weights.parent, "--format", "onnx", "--output",
+    code, _, err = run_cli(capsys, "export", "--weights", weights.parent, "--format", "onnx", "--output",
                            tmp_path / "run" / ".." / "run" / "." / "best.safetensors")
     assert_one_line_error(code, err, "export")
     assert "best.safetensors" in err
     assert weights.read_bytes() == before
-    code, _, err = run_cli(capsys, "export", "--checkpoint", weights, "--format", "onnx", "--output",
+    code, _, err = run_cli(capsys, "export", "--weights", weights, "--format", "onnx", "--output",
                            tmp_path / "model.pt2")
     assert_one_line_error(code, err, "export")
     assert "--format onnx writes a .onnx file" in err and "name it model.onnx, or pass --format pt2" in err
-    code, _, err = run_cli(capsys, "export", "--checkpoint", weights, "--format", "pt2", "--output", tmp_path / "m")
+    code, _, err = run_cli(capsys, "export", "--weights", weights, "--format", "pt2", "--output", tmp_path / "m")
     assert_one_line_error(code, err, "export")
     assert "name it m.pt2" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -437,26 +438,26 @@ def test_export_refuses_the_checkpoint_even_with_the_right_extension(work: dict,
     (tmp_path / "link.pt2").symlink_to(weights)
     for output in (tmp_path / "sub" / ".." / "weights.pt2", tmp_path / "link.pt2"):
         (tmp_path / "sub").mkdir(exist_ok=True)
-        with pytest.raises(ConfigError, match="is the checkpoint this command reads.*; choose another path$"):
-            export_model(model, output, "pt2", checkpoint=weights)
+        with pytest.raises(ConfigError, match="is the weights file this command reads.*; choose another path$"):
+            export_model(model, output, "pt2", weights=weights)
     assert weights.read_bytes() == before
 
 
 def test_predict_output_check(work: dict, tmp_path: Path) -> None:
-    from resnets.tasks.predict import check_output_path
+    from resnets.inference.outputs import check_output
 
     images = copied(work["files"][:2], tmp_path / "mixed")
     (weights,) = copied([work["run"] / "best.safetensors"], tmp_path / "run")
     with pytest.raises(ConfigError, match=f"^--output {images[1]} is an input image this command reads; "):
-        check_output_path(images[1], weights.parent, [images[0], tmp_path / "mixed"])  # found in the folder
+        check_output(images[1], weights.parent, [images[0], tmp_path / "mixed"])  # found in the folder
     (tmp_path / "preds.csv").symlink_to(weights)
-    with pytest.raises(ConfigError, match=r"preds.csv is the checkpoint this command reads \(.*best.safetensors\)"):
-        check_output_path(tmp_path / "preds.csv", weights.parent, images)
+    with pytest.raises(ConfigError, match=r"preds.csv is the weights file this command reads \(.*best.safetensors\)"):
+        check_output(tmp_path / "preds.csv", weights.parent, images)
     with pytest.raises(ConfigError, match="is a folder"):
-        check_output_path(tmp_path / "mixed", weights.parent, images)
-    check_output_path(tmp_path / "mixed" / "preds.csv", weights.parent, images)  # new, beside the inputs: fine
+        check_output(tmp_path / "mixed", weights.parent, images)
+    check_output(tmp_path / "mixed" / "preds.csv", weights.parent, images)  # new, beside the inputs: fine
     (tmp_path / "mixed" / "preds.csv").write_text("an earlier run's CSV")
-    check_output_path(tmp_path / "mixed" / "preds.csv", weights.parent, images)  # not read: may be replaced
+    check_output(tmp_path / "mixed" / "preds.csv", weights.parent, images)  # not read: may be replaced
 
 
 def test_predict_refuses_to_replace_an_input_or_the_checkpoint(work: dict, capsys: pytest.CaptureFixture,
@@ -464,13 +465,13 @@ def test_predict_refuses_to_replace_an_input_or_the_checkpoint(work: dict, capsy
     images = copied(work["files"][:2], tmp_path / "mixed", ["good.png", "other.jpg"])
     (weights,) = copied([work["run"] / "best.safetensors"], tmp_path / "run")
     before = [p.read_bytes() for p in (*images, weights)]
-    for output, what in ((images[0], "an input image"), (weights, "the checkpoint")):
-        code, _, err = run_cli(capsys, "predict", "--checkpoint", weights.parent, "--output", output,
+    for output, what in ((images[0], "an input image"), (weights, "the weights file")):
+        code, _, err = run_cli(capsys, "predict", "--weights", weights.parent, "--output", output,
                                tmp_path / "mixed")
         assert_one_line_error(code, err, "predict")
         assert err.rstrip().endswith(f"--output {output} is {what} this command reads; choose another path")
     assert [p.read_bytes() for p in (*images, weights)] == before
-    code, _, err = run_cli(capsys, "predict", "--checkpoint", weights.parent, "--output",
+    code, _, err = run_cli(capsys, "predict", "--weights", weights.parent, "--output",
                            tmp_path / "mixed" / "preds.csv", tmp_path / "mixed")
     assert code == 0, err  # a new file beside the inputs
     assert len(read_csv(tmp_path / "mixed" / "preds.csv")) == 2
@@ -479,10 +480,10 @@ def test_predict_refuses_to_replace_an_input_or_the_checkpoint(work: dict, capsy
 def test_export_cli_refuses_the_checkpoint(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     (weights,) = copied([work["bare"]], tmp_path, ["weights.onnx"])
     before = weights.read_bytes()
-    code, _, err = run_cli(capsys, "export", "--checkpoint", weights, "--model", "cifar_resnet20", "--format", "onnx",
+    code, _, err = run_cli(capsys, "export", "--weights", weights, "--model", "cifar_resnet20", "--format", "onnx",
                            "--output", tmp_path / "." / "weights.onnx")
     assert_one_line_error(code, err, "export")
-    assert "weights.onnx is the checkpoint this command reads; choose another path" in err
+    assert "weights.onnx is the weights file this command reads; choose another path" in err
     assert weights.read_bytes() == before
 
 
@@ -491,7 +492,7 @@ def test_cam_refuses_to_replace_an_input_image(work: dict, capsys: pytest.Captur
     before = [p.read_bytes() for p in images]
     (tmp_path / "link").symlink_to(tmp_path / "images")
     for out in (tmp_path / "images", tmp_path / "link"):
-        code, _, err = run_cli(capsys, "cam", "--checkpoint", work["run"], "--output", out, *images)
+        code, _, err = run_cli(capsys, "cam", "--weights", work["run"], "--output", out, *images)
         assert_one_line_error(code, err, "cam")
         assert f"Grad-CAM image {out / 'a_cam.png'} is an input image this command reads" in err
         assert err.rstrip().endswith("choose another --output folder")
@@ -505,7 +506,7 @@ def test_eval_refuses_to_replace_an_image_or_write_into_a_file(work: dict, capsy
     image = tmp_path / "data" / "apple" / "confusion_matrix.png"  # an image named like a report eval writes
     (tmp_path / "data" / "apple" / "apple_0.png").rename(image)
     before = image.read_bytes()
-    code, _, err = run_cli(capsys, "eval", "--checkpoint", work["run"], "--data-dir", tmp_path / "data", "-j", "0",
+    code, _, err = run_cli(capsys, "eval", "--weights", work["run"], "--data-dir", tmp_path / "data", "-j", "0",
                            "--output", tmp_path / "data" / "banana" / ".." / "apple")
     assert_one_line_error(code, err, "eval")
     assert "confusion_matrix.png is an input image this command reads" in err
@@ -514,7 +515,7 @@ def test_eval_refuses_to_replace_an_image_or_write_into_a_file(work: dict, capsy
 
     (weights,) = copied([work["run"] / "best.safetensors"], tmp_path / "run")
     before = weights.read_bytes()
-    code, _, err = run_cli(capsys, "eval", "--checkpoint", weights, "--data-dir", tmp_path / "data", "-j", "0",
+    code, _, err = run_cli(capsys, "eval", "--weights", weights, "--data-dir", tmp_path / "data", "-j", "0",
                            "--output", weights)
     assert_one_line_error(code, err, "eval")
     assert f"{weights} is not a folder" in err
@@ -523,14 +524,14 @@ def test_eval_refuses_to_replace_an_image_or_write_into_a_file(work: dict, capsy
 
 # ---------------------------------------------------------------- user mistakes
 
-BAD_INPUT = [(command, case) for case in ("missing checkpoint", "unknown model")
+BAD_INPUT = [(command, case) for case in ("missing weights", "unknown model")
              for command in ("eval", "predict", "export", "cam")] + [("eval", "class mismatch"), ("eval", "tiny images")]
 
 
 @pytest.mark.parametrize(("command", "case"), BAD_INPUT)
 def test_bad_input_is_one_line_and_writes_nothing(work: dict, capsys: pytest.CaptureFixture, tmp_path: Path,
                                                   command: str, case: str) -> None:
-    checkpoint = tmp_path / "nope" if case == "missing checkpoint" else work["run"]
+    checkpoint = tmp_path / "nope" if case == "missing weights" else work["run"]
     model = ["--model", "resnet9000"] if case == "unknown model" else []
     out = tmp_path / "out"
     data = work["other"] if case == "class mismatch" else work["data"]
@@ -542,16 +543,16 @@ def test_bad_input_is_one_line_and_writes_nothing(work: dict, capsys: pytest.Cap
     }[command]
     if case == "tiny images":  # training refuses them; eval did evaluate at 2 px
         argv += ["--img-size", "2"]
-    code, stdout, err = run_cli(capsys, command, "--checkpoint", checkpoint, *model, *argv)
+    code, stdout, err = run_cli(capsys, command, "--weights", checkpoint, *model, *argv)
     assert_one_line_error(code, err, command)
-    assert {"missing checkpoint": "no such checkpoint", "unknown model": "unknown model 'resnet9000'",
+    assert {"missing weights": "no such weights file", "unknown model": "unknown model 'resnet9000'",
             "class mismatch": "durian", "tiny images": "too small"}[case] in err
     assert not out.exists()
 
 
 def test_predict_in_small_batches_equals_the_model(work: dict) -> None:
     """From its second batch on, predict runs a BN-folded copy on the CPU: the same predictions."""
-    from resnets.tasks.predict import predict_images
+    from resnets.inference.predict import predict_images
 
     model = load_model(work["run"]).eval()
     files = work["files"][:5]
@@ -566,7 +567,7 @@ def test_predict_in_small_batches_equals_the_model(work: dict) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: only a real device move creates new tensors")
 def test_model_stays_trainable_after_predict(work: dict) -> None:
     """predict must not turn the weights into inference tensors (moving them inside inference_mode does)."""
-    from resnets.tasks.predict import predict_images
+    from resnets.inference.predict import predict_images
 
     model = load_model(work["run"])  # on the CPU; predict moves it to the GPU
     predict_images(model, work["files"][:2], device="cuda", warn=lambda m: None)

@@ -11,7 +11,8 @@ from torch import nn
 
 from resnets.errors import CheckpointError
 from resnets.models import cifar_resnext, create_model
-from resnets.models.weights import from_pretrained, load_checkpoint, load_model, save_pretrained, save_weights
+from resnets.hub import from_pretrained, load_model, save_pretrained
+from resnets.models.weights import load_weights, save_weights
 
 
 def _assert_same_tensors(model: nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> None:
@@ -51,7 +52,7 @@ def test_roundtrip(filename, trained, tmp_path, assert_close):
     fresh = _fresh()
     x = torch.randn(2, 3, 32, 32)
     assert not torch.allclose(fresh(x), model(x))  # the load below has something to do
-    report = load_checkpoint(fresh, path)
+    report = load_weights(fresh, path)
     assert report.skipped == [] and str(path) in str(report)
     _assert_same_tensors(fresh, state)
     with torch.no_grad():
@@ -69,7 +70,7 @@ def test_wrappers_and_prefixes_are_undone(wrap, epoch, trained, tmp_path):
     path = tmp_path / "w.pth"
     torch.save(wrap(state), path)
     fresh = _fresh()
-    report = load_checkpoint(fresh, path)
+    report = load_weights(fresh, path)
     _assert_same_tensors(fresh, state)
     assert report.metadata.get("epoch") == epoch  # what sits beside the tensors is kept as metadata
 
@@ -81,7 +82,7 @@ def test_fine_tuning_head_of_another_size_is_skipped_and_reported(tmp_path, rand
     safetensors.torch.save_file(state, str(path))
     model = create_model("resnet18", num_classes=10)
     fresh_head = model.fc.weight.clone()
-    report = load_checkpoint(model, path)
+    report = load_weights(model, path)
     assert sorted(report.skipped) == ["fc.bias", "fc.weight"]
     assert "skipped" in str(report) and "fc.weight" in str(report)
     _assert_same_tensors(model, state, skip=("fc.",))  # every backbone tensor, BN statistics included
@@ -98,7 +99,7 @@ def test_checkpoint_of_another_depth_is_refused(tmp_path):
     model = create_model("resnet34")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(model, path)
+        load_weights(model, path)
     message = str(err.value)
     assert str(path) in message and "resnet34" in message
     assert "missing" in message and "layer1.2." in message
@@ -109,7 +110,7 @@ def test_checkpoint_of_another_width_is_refused(tmp_path):
     path = tmp_path / "narrow.safetensors"
     safetensors.torch.save_file(cifar_resnext(11, cardinality=2, base_width=4).state_dict(), str(path))
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(cifar_resnext(11, cardinality=2, base_width=8), path)
+        load_weights(cifar_resnext(11, cardinality=2, base_width=8), path)
     message = str(err.value)
     assert str(path) in message and "of another shape" in message
     assert "checkpoint (8,) vs model (16,)" in message  # 2 groups x 4 wide vs 2 x 8
@@ -138,7 +139,7 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(16, 3, 3, 3), "payload": _Payload(marker)}, path)
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(create_model("cifar_resnet20"), path)
+        load_weights(create_model("cifar_resnet20"), path)
     assert str(path) in str(err.value) and "refused" in str(err.value)
     assert not marker.exists()
 
@@ -154,7 +155,7 @@ def test_empty_file_is_refused(suffix, tmp_path):
     path = tmp_path / f"empty{suffix}"
     path.write_bytes(b"")
     with pytest.raises(CheckpointError, match=str(path)):
-        load_checkpoint(create_model("cifar_resnet20"), path)
+        load_weights(create_model("cifar_resnet20"), path)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -164,19 +165,19 @@ def test_truncated_file_is_refused(suffix, trained, tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=str(path)):
-        load_checkpoint(create_model("cifar_resnet20"), path)
+        load_weights(create_model("cifar_resnet20"), path)
 
 
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no such"):
-        load_checkpoint(create_model("cifar_resnet20"), tmp_path / "nope.pth")
+        load_weights(create_model("cifar_resnet20"), tmp_path / "nope.pth")
 
 
 def test_non_state_dict_is_refused(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([torch.zeros(3)], path)
     with pytest.raises(CheckpointError, match="does not hold a state dict"):
-        load_checkpoint(create_model("cifar_resnet20"), path)
+        load_weights(create_model("cifar_resnet20"), path)
 
 
 # --- save_pretrained / from_pretrained ------------------------------------------------------------
@@ -273,7 +274,7 @@ def _check_prlz77(ours: nn.Module, ref: nn.Module, tmp_path, randomize_bn, asser
     path = tmp_path / "prlz77.pth"
     # Their checkpoints were saved from nn.DataParallel, hence the prefix.
     torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, path)
-    report = load_checkpoint(ours, path)
+    report = load_weights(ours, path)
     assert report.skipped == []
     ours.eval()
     x = torch.randn(2, 3, 32, 32)
@@ -295,12 +296,12 @@ def test_prlz77_resnext29_8x64d_loads(tmp_path, randomize_bn, assert_close):
     _check_prlz77(create_model("cifar_resnext29_8x64d"), ref, tmp_path, randomize_bn, assert_close)
 
 
-def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path):
+def test_a_file_that_is_no_weights_file_is_named_so(tmp_path):
     """An ONNX file given as the checkpoint was 'refused, it holds pickled objects': its bytes are no pickle."""
     path = tmp_path / "model.onnx"
     path.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(range(256)))
-    with pytest.raises(CheckpointError, match="not a checkpoint \\(neither safetensors nor a torch.save file\\)"):
-        load_checkpoint(create_model("cifar_resnet20"), path)
+    with pytest.raises(CheckpointError, match="not a weights file \\(neither safetensors nor a torch.save file\\)"):
+        load_weights(create_model("cifar_resnet20"), path)
 
 
 @pytest.mark.parametrize("name", ["W.SAFETENSORS", "w.pt"])
@@ -317,5 +318,5 @@ def test_a_resume_state_given_as_a_model_is_named_so(tmp_path):
     model = create_model("cifar_resnet20")
     torch.save(dict(model=model.state_dict(), optimizer={}, progress={}, config={"accum_steps": 1}),
                tmp_path / "checkpoint-0001-000000010.pt")  # said 'not a resnets config (unknown argument(s)...)'
-    with pytest.raises(CheckpointError, match="a resume state .*use best.safetensors or last.safetensors"):
+    with pytest.raises(CheckpointError, match="a training checkpoint .*use best.safetensors or last.safetensors"):
         load_model(tmp_path / "checkpoint-0001-000000010.pt")

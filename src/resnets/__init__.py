@@ -1,25 +1,23 @@
 """resnets: the ResNet family (ResNet, ResNeXt, Res2Net, SE and CIFAR variants) in PyTorch."""
-from .errors import CheckpointError, ConfigError, ResnetsError, UnknownModelError
-from .models import (FeatureExtractor, ResNet, ResNetConfig, cifar_resnet, cifar_resnext, create_model, get_config,
-                     list_models, register_model)
-from .models.weights import from_pretrained, load_checkpoint, load_model, save_pretrained
+from .errors import (BrokenImageError, CheckpointError, ConfigError, DataError, ExportError, ResnetsError,
+                     TrainingError, UnknownModelError)
+from .hub import from_pretrained, load_model, save_pretrained
+from .models import (FeatureExtractor, PretrainedCfg, ResNet, ResNetConfig, cifar_resnet, cifar_resnext,
+                     create_model, get_config, list_models, register_model)
+from .models.weights import load_weights, save_weights
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "ConfigError", "FeatureExtractor", "ResNet", "ResNetConfig", "ResnetsError",
+__all__ = ["BrokenImageError", "CheckpointError", "ConfigError", "DataError", "ExportError", "FeatureExtractor",
+           "PretrainedCfg", "ResNet", "ResNetConfig", "ResnetsError", "RunResult", "TrainConfig", "TrainingError",
            "UnknownModelError", "cifar_resnet", "cifar_resnext", "create_model", "from_pretrained", "get_config",
-           "list_models", "load_checkpoint", "load_model", "register_model", "save_pretrained", "train", "TrainConfig",
-           "RunResult"]
+           "list_models", "load_model", "load_weights", "register_model", "save_pretrained", "save_weights", "train"]
 
 
 def __getattr__(name: str):
-    # The training stack (torchvision transforms, matplotlib, tqdm) loads on first use, so that
-    # `import resnets` for the models alone stays quick.
-    if name in ("train", "RunResult"):
-        from .training import trainer
+    # The training stack (torchvision's datasets, matplotlib, tqdm) loads on first use, so that `import resnets`
+    # for the models alone stays quick.
+    if name in ("train", "RunResult", "TrainConfig"):
+        from .training import config, trainer
 
-        return getattr(trainer, name)
-    if name == "TrainConfig":
-        from .training.config import TrainConfig
-
-        return TrainConfig
+        return getattr(trainer if name != "TrainConfig" else config, name)
     raise AttributeError(f"module 'resnets' has no attribute {name!r}")

@@ -1,8 +1,12 @@
-"""Exceptions for user mistakes. The CLI turns each into one line on stderr and exit code 2."""
+"""Every exception resnets raises for a user's mistake or a file it cannot use. The CLI turns each into one line
+on stderr and exit code 2; the API raises them as they are. Anything else that escapes is a bug."""
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class ResnetsError(Exception):
-    """Base class: a problem with what the user asked for, not a bug in resnets."""
+    """Base class: a problem with what the user asked for or gave, not a bug in resnets."""
 
 
 class UnknownModelError(ResnetsError, KeyError):
@@ -15,4 +19,27 @@ class ConfigError(ResnetsError, ValueError):
 
 
 class CheckpointError(ResnetsError):
-    """A weights file that cannot be read, or does not fit the model."""
+    """A weights file or training checkpoint that cannot be read, or does not fit the model."""
+
+
+class DataError(ResnetsError):
+    """Data that cannot be used as asked: missing folder, no images, classes that do not fit."""
+
+
+class BrokenImageError(DataError):
+    """A file that does not decode to an image: empty, truncated, not an image, a decompression bomb."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(str(path), reason)  # both in args, so it pickles across DataLoader workers
+        self.path, self.reason = str(path), reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class TrainingError(ResnetsError):
+    """The run cannot go on (e.g. the loss became NaN)."""
+
+
+class ExportError(ResnetsError):
+    """The exporter failed, or the exported model does not compute what the eager model does."""

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import ConfigError
+
 
 def _read_umask() -> int:
     # os.umask can only be read by setting it: do it once, at import, not while other threads create files.
@@ -43,8 +45,6 @@ def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> 
     """ConfigError now, before the work, where the atomic writers below would fail at the end: a folder under
     the file's name, a file where a parent folder should be, or a folder this user may not write.
     `folder`: `path` is a folder to write in (created if missing), not a file."""
-    from .errors import ConfigError
-
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path}: a file, not a folder")

@@ -37,11 +37,11 @@ class CrashAfter:
 real_train_one_epoch = trainer.train_one_epoch
 
 
-def crashing_train_one_epoch(run, loader, cfg, progress, checkpoint):
-    if (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and run.dist.rank == int(os.environ["CRASH_RANK"])
+def crashing_train_one_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch):
+    if (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and step.dist.rank == int(os.environ["CRASH_RANK"])
             and progress.epoch == int(os.environ["CRASH_EPOCH"])):
         loader = CrashAfter(loader, int(os.environ["CRASH_AFTER"]))
-    return real_train_one_epoch(run, loader, cfg, progress, checkpoint)
+    return real_train_one_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch)
 
 
 trainer.train_one_epoch = crashing_train_one_epoch

@@ -11,11 +11,13 @@ import torch.distributed as dist
 from torch import nn
 
 from resnets.data.transforms import DeviceNormalize
+from resnets.models.pretrained_cfg import PretrainedCfg
+from resnets.training import step as step_module
 from resnets.training.config import TrainConfig
-from resnets.training import steps
 from resnets.training.distributed import Distributed, wrap_model
+from resnets.training.epoch import Progress, train_one_epoch
 from resnets.training.optim import make_optimizer
-from resnets.training.steps import Progress, Run, train_one_epoch
+from resnets.training.step import TrainStep
 
 
 def main() -> None:
@@ -30,21 +32,21 @@ def main() -> None:
     batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(6)]
     if rank == 0:  # the end of the second cycle: nothing readable on rank 0, so every rank skips it
         batches[3] = (torch.empty(0, 4), torch.empty(0, dtype=torch.long))
-    floats_as_they_are = DeviceNormalize({"mean": [0.0], "std": [1.0]})  # it normalises uint8 batches only
-    run = Run(model=model, step_model=ddp, ddp=ddp, optimizer=make_optimizer(model, cfg), base_lr=0.1,
-              scaler=torch.amp.GradScaler("cpu", enabled=False), ema=None, criterion=nn.CrossEntropyLoss(),
-              mixer=None, device=torch.device("cpu"), amp="off", normalize=floats_as_they_are, batches_per_epoch=6,
-              global_batch=8 * world, dist=ctx)
+    floats_as_they_are = DeviceNormalize(PretrainedCfg())  # it normalises uint8 batches only
+    step = TrainStep(model=model, optimizer=make_optimizer(model, cfg), criterion=nn.CrossEntropyLoss(),
+                     normalize=floats_as_they_are, device=torch.device("cpu"), amp="off", base_lr=0.1,
+                     scaler=torch.amp.GradScaler("cpu", enabled=False), dist=ctx, accum_steps=cfg.accum_steps,
+                     step_model=ddp, ddp=ddp)
     seen = []  # (weight, bias, weight's gradient) at each optimizer step, before it
-    real_step = steps.step_unless
+    real_step = step_module.step_unless
 
     def recording_step(optimizer, scaler, skip):
         seen.append((model.weight.detach().clone(), model.bias.detach().clone(), model.weight.grad.detach().clone()))
         real_step(optimizer, scaler, skip)
 
-    steps.step_unless = recording_step
+    step_module.step_unless = recording_step
     progress = Progress()
-    train_one_epoch(run, batches, cfg, progress, lambda: None)
+    train_one_epoch(step, batches, cfg, progress, lambda: None, batches_per_epoch=6)
     weights = [torch.empty_like(model.weight) for _ in range(world)]
     dist.all_gather(weights, model.weight.detach())
     # the second cycle ran batch 2 only: its step must use the ranks' mean of (that batch's gradient) / 2

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..models.resnet import ResNetConfig
-from .flops import check_img_size, count_macs, count_params
+from ..models.resnet import ResNetConfig, check_img_size
+from .flops import count_macs, count_params
 
 TEMPLATES = {
     "resnext50": ResNetConfig(layers=(3, 4, 6, 3)),

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import ConfigError
+from ..models import create_model
+from ..models.resnet import check_img_size
 
 
 def count_params(model: nn.Module) -> int:
@@ -18,7 +19,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def input_size_of(model: nn.Module, img_size: int | None = None) -> tuple[int, int, int]:
-    chans, h, w = model.pretrained_cfg["input_size"]
+    chans, h, w = model.pretrained_cfg.input_size
     return (chans, h, w) if img_size is None else (chans, img_size, img_size)
 
 
@@ -39,20 +40,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch: int = 
 
 def meta_model(name: str, **overrides: Any) -> nn.Module:
     """The named model built on the meta device: shapes only, instant, no memory."""
-    from ..models import create_model
-
     with torch.device("meta"):
         return create_model(name, **overrides)
-
-
-def check_img_size(model: nn.Module, img_size: int | None) -> None:
-    """Reject inputs so small that the last stage would have no pixels left."""
-    if img_size is None:
-        return
-    reduction = model.feature_info[-1]["reduction"]
-    if img_size < reduction:
-        raise ConfigError(f"image size {img_size} is too small for this model: it downsamples by {reduction}, "
-                          f"so use at least {reduction}")
 
 
 def model_stats(name: str, img_size: int | None = None, **overrides: Any) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .flops import check_img_size, count_macs, count_params, input_size_of, meta_model
+from ..models.resnet import check_img_size
+from .flops import count_macs, count_params, input_size_of, meta_model
 
 
 @dataclass

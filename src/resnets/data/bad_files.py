@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from ..errors import DataError
 from ..fileio import atomic_write_text
-from .images import DataError
+from ..messages import Warn, counted, warn
 
 BAD_FILES_CSV = "bad_files.csv"
 
@@ -43,10 +43,6 @@ def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list
     return images, labels, broken
 
 
-def print_warning(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
 class BadFiles:
     """Unreadable files met so far, with their reasons.
 
@@ -57,7 +53,7 @@ class BadFiles:
     """
 
     def __init__(self, total: int, max_fraction: float, csv_path: str | Path | None = None,
-                 warn: Callable[[str], None] = print_warning) -> None:
+                 warn: Warn = warn) -> None:
         if not 0.0 <= max_fraction < 1.0:
             raise DataError(f"max_bad_fraction must be in [0, 1), got {max_fraction}")
         self.total, self.max_fraction, self.warn = total, max_fraction, warn
@@ -104,9 +100,10 @@ class BadFiles:
         if new <= 0:
             return
         self.write()
-        more, total = (" more", f", {len(self.reasons):,} in all") if self._reported else ("", "")
+        what, total = ("more unreadable image", f", {len(self.reasons):,} in all") if self._reported else (
+            "unreadable image", "")
         where = f" (see {self.csv_path})" if self.csv_path else ""
-        self.warn(f"skipped {new:,}{more} unreadable image{'s' if new > 1 else ''}{total}{where}")
+        self.warn(f"skipped {counted(new, what)}{total}{where}")
         self._reported = len(self.reasons)
 
 

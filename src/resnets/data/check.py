@@ -6,15 +6,17 @@ train and val (leakage: val accuracy then measures memory, not generalisation).
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import class_difference, class_folders, split_overlap, too_few_classes
-from .images import BrokenImageError, DataError, decode_image, read_bytes
+from ..device import check_workers, default_workers
+from ..errors import BrokenImageError, DataError
+from ..messages import counted
+from .datasets import class_difference, class_folders, split_folders, split_overlap, too_few_classes
+from .images import decode_image, read_bytes
 from .walk import find_images, require_folder
 
 MAX_IMBALANCE = 10.0  # largest / smallest class above this is reported as a problem
@@ -62,27 +64,27 @@ class DataReport:
         """One line per kind of problem found; empty when the data is clean."""
         found = [self.too_few_classes] if self.too_few_classes else []
         if self.broken:
-            found.append(_count(len(self.broken), 'unreadable file'))
+            found.append(counted(len(self.broken), 'unreadable file'))
         for split in self.splits:
             if split.empty_classes:
-                found.append(f"{split.name}: {_count(len(split.empty_classes), 'class', 'classes')} without a "
+                found.append(f"{split.name}: {counted(len(split.empty_classes), 'class', 'classes')} without a "
                              f"readable image ({', '.join(split.empty_classes[:5])})")
             if split.imbalance > self.max_imbalance:
                 found.append(f"{split.name}: classes imbalanced {split.imbalance:.1f}x "
                              f"(more than {self.max_imbalance:g}x)")
         found += [f"classes differ from train's in {mismatch}" for mismatch in self.class_mismatch]
         if self.duplicates:
-            found.append(f"{_count(len(self.duplicates), 'group')} of identical files")
+            found.append(f"{counted(len(self.duplicates), 'group')} of identical files")
         if self.leaks:
-            found.append(f"{_count(len(self.leaks), 'image')} in more than one split (leakage)")
+            found.append(f"{counted(len(self.leaks), 'image')} in more than one split (leakage)")
         return found
 
     def format(self, limit: int = MAX_LISTED) -> str:
-        lines = [f"{self.root}: {self.files:,} files decoded by {_count(self.workers, 'process', 'processes')} "
+        lines = [f"{self.root}: {self.files:,} files decoded by {counted(self.workers, 'process', 'processes')} "
                  f"in {self.seconds:.1f} s"]
         for split in self.splits:
             lines += ["", f"{split.name}: {split.root} ({split.images:,} readable images, "
-                          f"{_count(len(split.class_counts), 'class', 'classes')})"]
+                          f"{counted(len(split.class_counts), 'class', 'classes')})"]
             width = max(len(name) for name in split.class_counts)
             for name, n in split.class_counts.items():
                 lines.append(f"  {name:<{width}}  {n:>8,}{'  EMPTY' if n == 0 else ''}")
@@ -98,13 +100,9 @@ class DataReport:
                 if len(items) > limit:
                     lines.append(f"  ... and {len(items) - limit:,} more")
         problems = self.problems
-        lines += ["", f"{_count(len(problems), 'problem')}: " + "; ".join(problems) if problems
+        lines += ["", f"{counted(len(problems), 'problem')}: " + "; ".join(problems) if problems
                   else "no problems found"]
         return "\n".join(lines)
-
-
-def _count(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n:,} {word if n == 1 else plural or word + 's'}"
 
 
 def _extremes(counts: dict[str, int]) -> str:
@@ -135,14 +133,15 @@ def _layout(path: Path, val_dir: Path | None) -> list[tuple[str, Path]]:
     Splits that are one folder, or one inside another, are refused as training refuses them: each file
     would belong to two splits, and the report would count it in one and leave the other empty.
     """
-    require_folder(path)
-    train = path / "train" if (path / "train").is_dir() else path
+    found = split_folders(path)
+    train = found.get("train", path)
     if val_dir is not None:
         require_folder(val_dir)
         layout = [("train", train), ("val", val_dir)]
+    elif "train" in found:
+        layout = list(found.items())
     else:
-        held_out = [(name, path / name) for name in ("val", "test") if train != path and (path / name).is_dir()]
-        layout = [("train" if train != path else "data", train), *held_out]
+        layout = [("data", path)]
     if overlap := split_overlap(layout):
         raise DataError(overlap)
     return layout
@@ -154,15 +153,14 @@ def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path
 
     Args:
         path: a folder of class folders, or one holding train/ and val/ and/or test/.
-        workers: decoding processes (default: every core); 1 decodes in this process.
+        workers: decoding processes (default: every core); 0 or 1 decode in this process.
         val_dir: a separate val folder to check for leakage against `path`.
         max_imbalance: largest over smallest class above this counts as a problem.
 
     Raises DataError for a missing folder or one without class subfolders.
     """
-    workers = workers if workers is not None else os.cpu_count() or 1
-    if workers < 1:
-        raise DataError(f"workers must be >= 1, got {workers}")
+    check_workers(workers)
+    workers = default_workers(None) if workers is None else workers
     start = time.perf_counter()
     layout = _layout(Path(path).expanduser(), Path(val_dir).expanduser() if val_dir is not None else None)
     owner: dict[str, tuple[str, str]] = {}  # file -> (split, class)
@@ -174,7 +172,7 @@ def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path
             owner[file] = (name, classes[label])
         splits.append(SplitReport(name, str(root), dict.fromkeys(classes, 0)))
     paths = list(owner)
-    if workers == 1 or len(paths) < 2 * workers:
+    if workers <= 1 or len(paths) < 2 * workers:
         results = list(map(inspect_file, paths))
     else:
         # Chunks amortise the inter-process round trip; 4 per worker keeps the cores busy to the end.
@@ -207,4 +205,4 @@ def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path
     return DataReport(str(path), splits, sorted(broken), sorted(duplicates), sorted(leaks), mismatch,
                       too_few_classes=too_few_classes(list(splits[0].class_counts), splits[0].root),
                       max_imbalance=max_imbalance, files=len(paths),
-                      workers=workers if len(paths) >= 2 * workers else 1, seconds=time.perf_counter() - start)
+                      workers=workers if workers > 1 and len(paths) >= 2 * workers else 1, seconds=time.perf_counter() - start)

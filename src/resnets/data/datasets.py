@@ -15,20 +15,23 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import v2
 
-from .bad_files import Unreadable, print_warning
-from .images import BrokenImageError, DataError, is_image_file, load_image
-from .walk import Warn, find_images, require_folder
+from ..errors import BrokenImageError, DataError
+from ..messages import Warn, counted, listed, warn
+from .bad_files import Unreadable
+from .images import is_image_file, load_image
+from .walk import find_images, require_folder
 
 Transform = Callable[[Any], Any] | None
 DIGITS_SIZE = 32  # scikit-learn's 8x8 digits upscaled to CIFAR's size, so the CIFAR ResNets run on them as-is
 CIFAR = {"cifar10": (datasets.CIFAR10, "CIFAR-10"), "cifar100": (datasets.CIFAR100, "CIFAR-100")}
-MAX_NAMED = 5  # how many offending files an error message lists before "..."
+SPLITS = ("train", "val", "test")  # subfolders of an image folder that are splits, not classes
 
 
 @dataclass
@@ -83,15 +86,6 @@ class TensorImages(Dataset):
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
 
 
-def _counted(n: int, word: str) -> str:
-    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
-
-
-def _named(items: Sequence[Any]) -> str:
-    shown = ", ".join(map(str, items[:MAX_NAMED]))
-    return shown + (f", ... ({len(items)} in all)" if len(items) > MAX_NAMED else "")
-
-
 def class_folders(root: Path) -> list[str]:
     """Sorted class folder names of an ImageFolder root; hidden ones (.ipynb_checkpoints) are not classes."""
     require_folder(root)
@@ -106,7 +100,7 @@ def class_folders(root: Path) -> list[str]:
 
 
 def scan_image_folder(root: Path, class_to_idx: dict[str, int] | None = None,
-                      warn: Warn = print_warning) -> tuple[list[str], list[tuple[str, int]]]:
+                      warn: Warn = warn) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names and (path, label) samples of an ImageFolder root: <root>/<class>/**/<image>.
 
     Labels follow `class_to_idx`, by default the sorted class folders. Files are found by `find_images`.
@@ -117,11 +111,11 @@ def scan_image_folder(root: Path, class_to_idx: dict[str, int] | None = None,
         class_to_idx = {name: i for i, name in enumerate(class_folders(root))}
     samples = find_images(root, class_to_idx, warn)
     if not samples:
-        raise DataError(f"no images in {root} (looked in {_counted(len(class_to_idx), 'class folder')})")
+        raise DataError(f"no images in {root} (looked in {counted(len(class_to_idx), 'class folder')})")
     found = {label for _, label in samples}
     empty = [name for name, label in class_to_idx.items() if label not in found]
     if empty:
-        raise DataError(f"class folder(s) with no images in {root}: {_named(empty)}")
+        raise DataError(f"class folder(s) with no images in {root}: {listed(empty)}")
     class_names = sorted(class_to_idx, key=class_to_idx.__getitem__)
     return class_names, samples
 
@@ -134,9 +128,9 @@ def class_difference(model_names: Sequence[str], data_names: Sequence[str], orde
     missing = [name for name in model_names if name not in data_names]
     extra = [name for name in data_names if name not in model_names]
     if missing or extra:
-        return f"missing {_named(missing) or '-'}; extra {_named(extra) or '-'}"
+        return f"missing {listed(missing) or '-'}; extra {listed(extra) or '-'}"
     if ordered and list(model_names) != list(data_names):
-        return f"the same classes in another order ({_named(list(model_names))} vs {_named(list(data_names))})"
+        return f"the same classes in another order ({listed(list(model_names))} vs {listed(list(data_names))})"
     return None
 
 
@@ -155,7 +149,7 @@ def stratified_split(labels: Sequence[int], class_names: Sequence[str], val_frac
     for label, name in enumerate(class_names):
         members = np.flatnonzero(labels == label)
         if len(members) < 2:
-            raise DataError(f"class {name!r} has {_counted(len(members), 'image')}: too few to split into train "
+            raise DataError(f"class {name!r} has {counted(len(members), 'image')}: too few to split into train "
                             f"and val (needs at least 2); add images or give explicit train/ and val/ folders")
         n_val = min(max(int(len(members) * val_fraction + 0.5), 1), len(members) - 1)
         shuffled = rng.permutation(members)
@@ -167,7 +161,7 @@ def stratified_split(labels: Sequence[int], class_names: Sequence[str], val_frac
 def too_few_classes(class_names: Sequence[str], where: str) -> str | None:
     """Why these classes cannot train a classifier, or None. Training refuses them; check-data reports it."""
     if len(class_names) < 2:
-        return f"{where} has only one class ({_named(list(class_names))}); classification needs at least 2"
+        return f"{where} has only one class ({listed(list(class_names))}); classification needs at least 2"
     return None
 
 
@@ -217,15 +211,24 @@ def _split_samples(name: str, class_names: list[str], samples: list[tuple[str, i
                    _summary(name, train_idx, val_idx, class_names, _split_info(val_fraction, seed)))
 
 
-def _explicit_val_folder(root: Path) -> Path | None:
-    return next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
+def split_folders(root: Path) -> dict[str, Path]:
+    """The split subfolders an image folder has, of train/, val/ and test/, in that order. What each command
+    makes of them: training takes train/ with the first held-out one (or splits train/, or the folder itself),
+    eval the first held-out one (or the folder), check-data all of them when train/ is there."""
+    require_folder(root, "data_dir")
+    return {name: root / name for name in SPLITS if (root / name).is_dir()}
+
+
+def held_out(splits: dict[str, Path]) -> Path | None:
+    """The val/ folder, else the test/ folder, else None."""
+    return splits.get("val") or splits.get("test")
 
 
 def _folder_splits(data_dir: Path, val_fraction: float, seed: int, train_transform: Transform,
                    eval_transform: Transform, download: bool) -> DataSplits:
-    require_folder(data_dir, "data_dir")
-    val_dir = _explicit_val_folder(data_dir)
-    if (data_dir / "train").is_dir() and val_dir is not None:
+    found = split_folders(data_dir)
+    val_dir = held_out(found)
+    if "train" in found and val_dir is not None:
         if overlap := split_overlap([("train", data_dir / "train"), (val_dir.name, val_dir)]):
             raise DataError(overlap)  # e.g. val/ a symlink to train/
         class_names, train_samples = scan_image_folder(data_dir / "train")
@@ -234,14 +237,14 @@ def _folder_splits(data_dir: Path, val_fraction: float, seed: int, train_transfo
             only_train = sorted(set(class_names) - set(val_names)) or ["-"]
             only_val = sorted(set(val_names) - set(class_names)) or ["-"]
             raise DataError(f"{data_dir / 'train'} and {val_dir} have different classes: only in train: "
-                            f"{_named(only_train)}; only in {val_dir.name}: {_named(only_val)}")
+                            f"{listed(only_train)}; only in {val_dir.name}: {listed(only_val)}")
         _check_classes(class_names, str(data_dir / "train"))
         train = ImageFiles(train_samples, train_transform)
         val = ImageFiles(val_samples, eval_transform)
         return _splits(train, val, class_names, _summary(f"ImageFolder {data_dir}", train_samples, val_samples,
                                                          class_names, f"train/ and {val_dir.name}/ folders"))
     # A lone train/ folder would otherwise become a class called "train": split it instead.
-    root = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
+    root = found.get("train", data_dir)
     class_names, samples = scan_image_folder(root)
     _check_classes(class_names, str(root))
     return _split_samples(f"ImageFolder {root}", class_names, samples, val_fraction, seed,
@@ -278,13 +281,13 @@ def _csv_splits(data_dir: Path, val_fraction: float, seed: int, train_transform:
     rows = _read_csv(data_dir)
     not_found = [file for file, _ in rows if not Path(file).is_file()]
     if not_found:
-        raise DataError(f"{data_dir}: {_counted(len(not_found), 'listed file')} not found: {_named(not_found)}")
+        raise DataError(f"{data_dir}: {counted(len(not_found), 'listed file')} not found: {listed(not_found)}")
     not_images = [file for file, _ in rows if not is_image_file(Path(file))]
     if not_images:
-        raise DataError(f"{data_dir}: listed files that are not images: {_named(not_images)}")
+        raise DataError(f"{data_dir}: listed files that are not images: {listed(not_images)}")
     repeated = [file for file, times in Counter(file for file, _ in rows).items() if times > 1]
     if repeated:  # a file listed twice could land in both train and val
-        raise DataError(f"{data_dir}: files listed more than once: {_named(repeated)}")
+        raise DataError(f"{data_dir}: files listed more than once: {listed(repeated)}")
     class_names = sorted({label for _, label in rows})
     _check_classes(class_names, str(data_dir))
     class_to_idx = {name: i for i, name in enumerate(class_names)}
@@ -295,8 +298,6 @@ def _csv_splits(data_dir: Path, val_fraction: float, seed: int, train_transform:
 
 def digits_images() -> tuple[torch.Tensor, list[int]]:
     """scikit-learn's 1,797 handwritten digits as uint8 (N, 3, 32, 32) images, and their labels 0..9."""
-    from sklearn.datasets import load_digits  # ships with scikit-learn: no download
-
     digits = load_digits()
     images = torch.from_numpy(digits.images * (255 / 16)).round().to(torch.uint8)  # (N, 8, 8), ink 0..16
     images = v2.functional.resize(images[:, None], [DIGITS_SIZE, DIGITS_SIZE],
@@ -339,6 +340,7 @@ LOADERS: dict[str, Callable[..., DataSplits]] = {
     "digits": _digits_splits,
     **{name: functools.partial(_cifar_splits, name) for name in CIFAR},
 }
+DATASETS = tuple(LOADERS)  # what --dataset takes
 NEEDS_DATA_DIR = {"folder": "an ImageFolder root", "csv": "a CSV file with columns file,label",
                   "cifar10": "the folder holding cifar-10-batches-py",
                   "cifar100": "the folder holding cifar-100-python"}
@@ -377,8 +379,7 @@ def load_eval_set(data_dir: str | Path, transform: Transform,
     their order, which need not be sorted (CIFAR's is not).
     """
     data_dir = Path(data_dir).expanduser()
-    require_folder(data_dir, "data_dir")
-    root = _explicit_val_folder(data_dir) or data_dir
+    root = held_out(split_folders(data_dir)) or data_dir
     class_to_idx = None
     if class_names is not None:
         difference = class_difference(class_names, class_folders(root))

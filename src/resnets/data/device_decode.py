@@ -23,12 +23,15 @@ from typing import Any, Callable, Iterator
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import io as torchvision_io
 from torchvision.transforms import v2
 
-from .bad_files import BadFiles, Unreadable, print_warning
-from .images import BrokenImageError, decode_image, read_bytes
-from .resident import DeviceAugment
-from .transforms import to_device
+from ..device import to_device
+from ..errors import BrokenImageError
+from ..messages import first_line, warn
+from .bad_files import BadFiles, Unreadable
+from .images import decode_image, read_bytes
+from .in_memory import DeviceAugment
 
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 
@@ -40,9 +43,8 @@ def _torchcodec_decode(payloads: list[torch.Tensor], device: torch.device) -> li
 
 
 def _torchvision_decode(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    return torchvision_io.decode_jpeg(payloads, mode=torchvision_io.ImageReadMode.RGB, device=device,
+                                      apply_exif_orientation=True)
 
 
 # Batched JPEG decoders: (3, H, W) uint8 RGB images on `device`, EXIF orientation applied; a RuntimeError for
@@ -75,14 +77,10 @@ def _working_decoder(device_type: str) -> str:
     except ImportError:  # not installed: the documented default
         return "torchvision"
     except Exception as e:  # installed but broken here: say so once, decode on
-        print_warning(f"TorchCodec cannot decode JPEGs on {device_type} ({type(e).__name__}: {_first_line(e)}); "
+        warn(f"TorchCodec cannot decode JPEGs on {device_type} ({type(e).__name__}: {first_line(e)}); "
                        f"using torchvision's decoder")
         return "torchvision"
     return "torchcodec"
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else ""
 
 
 def device_decodable(data: bytes) -> bool:
@@ -146,12 +144,12 @@ def decode_batch(payloads: list[torch.Tensor], paths: list[str], device: torch.d
                     broken.append(Unreadable(paths[i], error.reason))
             if not broken:  # no file to blame: the device decoder itself failed, and the CPU now does its work
                 _warn_once(f"the {decoder} JPEG decoder failed on a batch that the CPU decodes "
-                           f"({_first_line(e) or type(e).__name__}); such batches are decoded on the CPU, one file "
+                           f"({first_line(e)}); such batches are decoded on the CPU, one file "
                            f"at a time")
     return images, broken
 
 
-_warn_once = functools.cache(print_warning)  # per message
+_warn_once = functools.cache(warn)  # per message
 
 
 class DeviceDecodeLoader:

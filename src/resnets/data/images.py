@@ -9,12 +9,12 @@ import io
 import struct
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ResnetsError
+from ..errors import BrokenImageError
+from ..messages import one_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Decoders tried on a file, whatever its extension says (JPEG includes phones' multi-picture MPO files). A
@@ -27,21 +27,6 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited over this, as 
 # struct.error from its plugins, which load() can raise as well. MemoryError is not here: it may be real.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, NotImplementedError, EOFError, IndexError, TypeError,
                  struct.error)
-
-
-class DataError(ResnetsError):
-    """Data that cannot be used as asked: missing folder, no images, classes that do not fit."""
-
-
-class BrokenImageError(DataError):
-    """A file that does not decode to an image: empty, truncated, not an image, a decompression bomb."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(str(path), reason)  # both in args, so it pickles across DataLoader workers
-        self.path, self.reason = str(path), reason
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 def is_image_file(path: Path) -> bool:
@@ -86,11 +71,11 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> Image.Image:
     except UnidentifiedImageError:
         raise BrokenImageError(path, "not an image (no JPEG, PNG, PPM, BMP, TIFF, WebP or GIF data)") from None
     except DECODE_ERRORS as e:
-        raise BrokenImageError(path, f"truncated or corrupt ({_short(e)})") from None
+        raise BrokenImageError(path, f"truncated or corrupt ({one_line(e, 100)})") from None
     try:
         return to_rgb(img)
     except ValueError as e:
-        raise BrokenImageError(path, f"unsupported pixel format {img.mode} ({_short(e)})") from None
+        raise BrokenImageError(path, f"unsupported pixel format {img.mode} ({one_line(e, 100)})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -109,25 +94,3 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _short(e: BaseException, limit: int = 100) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def list_images(paths: Iterable[str | Path], warn: Callable[[str], None] | None = None) -> list[Path]:
-    """Image files among `paths`; folders are searched recursively, in sorted order, as training searches a
-    class folder (symlinks followed, each real folder and file once; hidden files skipped). `warn` takes
-    the note on skipped symlinks (default: stderr)."""
-    from .walk import images_under  # walk.py needs is_image_file from here
-
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += images_under(p, warn) if warn else images_under(p)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    return found

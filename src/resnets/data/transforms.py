@@ -1,4 +1,4 @@
-"""Preprocessing built from a model's data config (input_size, mean, std, crop_pct, interpolation).
+"""Preprocessing built from a model's pretrained_cfg (input_size, mean, std, crop_pct, interpolation).
 
 Small images (<= 64 px: CIFAR, digits) train with pad-crop-flip as in the CIFAR papers; larger ones with
 RandomResizedCrop + flip (Inception-style, as torchvision/timm). Evaluation resizes by crop_pct and
@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from ..device import to_device
 from ..errors import ConfigError
+from ..models.pretrained_cfg import INTERPOLATIONS, PretrainedCfg
 
 SMALL_IMAGE = 64  # at or below this, RandomResizedCrop destroys too much: use pad-crop instead
-INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
-                 "nearest": v2.InterpolationMode.NEAREST}
+INTERPOLATION = {name: v2.InterpolationMode(name) for name in INTERPOLATIONS}
 AUTO_AUGMENT = {None: None, "none": None, "rand": lambda: v2.RandAugment(), "trivial": lambda: v2.TrivialAugmentWide()}
 
 
@@ -44,37 +45,21 @@ class CapAspect(v2.Transform):
         return v2.functional.center_crop(inpt, [cap(height, width), cap(width, height)])
 
 
-def image_size(data_cfg: dict[str, Any], img_size: int | None = None) -> int:
-    return int(data_cfg["input_size"][-1] if img_size is None else img_size)
+def image_size(pretrained_cfg: PretrainedCfg, img_size: int | None = None) -> int:
+    return int(pretrained_cfg.input_size[-1] if img_size is None else img_size)
 
 
-def _interpolation(data_cfg: dict[str, Any]) -> v2.InterpolationMode:
-    name = data_cfg.get("interpolation", "bilinear")
-    if name not in INTERPOLATION:
-        raise ConfigError(f"interpolation {name!r} is not one of {', '.join(INTERPOLATION)}")
-    return INTERPOLATION[name]
-
-
-def _to_normalized(data_cfg: dict[str, Any]) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data_cfg["mean"]), list(data_cfg["std"]))]
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor (random crop boxes, flips, an epoch's order) on `device` without a host sync:
-    `.to("cuda")` from ordinary memory waits for the device's queue to drain, stalling the training step
-    behind it; from pinned memory the copy is queued like a kernel."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+def _to_normalized(pretrained_cfg: PretrainedCfg) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pretrained_cfg.mean), list(pretrained_cfg.std))]
 
 
 class DeviceNormalize:
     """uint8 (B, C, H, W) batches from `normalize=False` transforms -> normalised float32 on their device,
     in the model's memory format. Float batches (normalised by their transform) pass as they are."""
 
-    def __init__(self, data_cfg: dict[str, Any], channels_last: bool = False):
-        self.scale = 255.0 * torch.tensor(data_cfg["std"], dtype=torch.float32).view(1, -1, 1, 1)
-        self.shift = 255.0 * torch.tensor(data_cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    def __init__(self, pretrained_cfg: PretrainedCfg, channels_last: bool = False):
+        self.scale = 255.0 * torch.tensor(pretrained_cfg.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.shift = 255.0 * torch.tensor(pretrained_cfg.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.preserve_format
 
@@ -91,7 +76,7 @@ class DeviceNormalize:
         return x.sub_(self.shift).div_(self.scale)
 
 
-def train_transform(data_cfg: dict[str, Any], img_size: int | None = None, hflip: float = 0.5,
+def train_transform(pretrained_cfg: PretrainedCfg, img_size: int | None = None, hflip: float = 0.5,
                     auto_augment: str | None = None, random_erasing: float = 0.0, normalize: bool = True,
                     ) -> v2.Compose:
     """Training augmentation. `auto_augment`: None, "rand" (RandAugment) or "trivial" (TrivialAugmentWide).
@@ -100,8 +85,8 @@ def train_transform(data_cfg: dict[str, Any], img_size: int | None = None, hflip
         raise ConfigError(f"auto_augment {auto_augment!r} is not one of none, rand, trivial")
     if random_erasing > 0 and not normalize:
         raise ConfigError("random erasing works on normalised images: it needs normalize=True")
-    size = image_size(data_cfg, img_size)
-    interp = _interpolation(data_cfg)
+    size = image_size(pretrained_cfg, img_size)
+    interp = INTERPOLATION[pretrained_cfg.interpolation]
     ops: list[Any] = [v2.ToImage()]
     if size <= SMALL_IMAGE:
         ops += [CapAspect(), v2.Resize(size, interpolation=interp, antialias=True), v2.CenterCrop(size),
@@ -113,18 +98,18 @@ def train_transform(data_cfg: dict[str, Any], img_size: int | None = None, hflip
     if AUTO_AUGMENT[auto_augment] is not None:
         ops.append(AUTO_AUGMENT[auto_augment]())
     if normalize:
-        ops += _to_normalized(data_cfg)
+        ops += _to_normalized(pretrained_cfg)
     if random_erasing > 0:
         ops.append(v2.RandomErasing(random_erasing))
     return v2.Compose(ops)
 
 
-def eval_transform(data_cfg: dict[str, Any], img_size: int | None = None, normalize: bool = True) -> v2.Compose:
+def eval_transform(pretrained_cfg: PretrainedCfg, img_size: int | None = None, normalize: bool = True) -> v2.Compose:
     """Resize the short side to size / crop_pct, center-crop `size`, normalise (or, with `normalize=False`,
     stay uint8 for `DeviceNormalize`)."""
-    size = image_size(data_cfg, img_size)
-    crop_pct = float(data_cfg.get("crop_pct", 1.0))
+    size = image_size(pretrained_cfg, img_size)
+    crop_pct = pretrained_cfg.crop_pct
     resize = int(math.floor(size / crop_pct)) if crop_pct > 0 else size
     return v2.Compose([v2.ToImage(), CapAspect(),
-                       v2.Resize(resize, interpolation=_interpolation(data_cfg), antialias=True),
-                       v2.CenterCrop(size), *(_to_normalized(data_cfg) if normalize else [])])
+                       v2.Resize(resize, interpolation=INTERPOLATION[pretrained_cfg.interpolation], antialias=True),
+                       v2.CenterCrop(size), *(_to_normalized(pretrained_cfg) if normalize else [])])

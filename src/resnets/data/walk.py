@@ -8,12 +8,11 @@ import functools
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import Iterable
 
-from .bad_files import print_warning
-from .images import DataError, is_image_file
-
-Warn = Callable[[str], None]
+from ..errors import DataError
+from ..messages import Warn, counted, warn
+from .images import is_image_file
 
 
 def require_folder(path: Path, what: str = "") -> None:
@@ -113,7 +112,7 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return False
 
 
-def find_images(root: Path, class_to_idx: dict[str, int], warn: Warn = print_warning) -> list[tuple[str, int]]:
+def find_images(root: Path, class_to_idx: dict[str, int], warn: Warn = warn) -> list[tuple[str, int]]:
     """(path, label) of every image under <root>/<class>/, in torchvision's ImageFolder order.
 
     Symlinked class folders, subfolders and files are followed, as ImageFolder does, but a folder or file
@@ -139,7 +138,7 @@ def find_images(root: Path, class_to_idx: dict[str, int], warn: Warn = print_war
             for cls in sorted(class_to_idx) for folder, name in sorted(walk.found[cls])]
 
 
-def images_under(folder: Path, warn: Warn = print_warning) -> list[Path]:
+def images_under(folder: Path, warn: Warn = warn) -> list[Path]:
     """Every image under `folder`, at any depth, sorted: `find_images` for a folder that is one class."""
     walk = _FolderWalk(folder)  # the folder and those above it count as entered: a link to them is a loop
     walk.list_folder(walk.root, "")
@@ -166,5 +165,20 @@ def _warn_linked_classes(walk: _FolderWalk, root: Path, tops: list[tuple[str, st
 
 def _warn_skipped(walk: _FolderWalk, root: Path, warn: Warn) -> None:
     if walk.skipped:
-        warn(f"{root}: skipped {walk.skipped:,} symlink{'s' if walk.skipped != 1 else ''} to a folder or file "
+        warn(f"{root}: skipped {counted(walk.skipped, 'symlink')} to a folder or file "
              f"already listed (a link back up the tree, or two links to one place); each image is used once")
+
+
+def list_images(paths: Iterable[str | Path], warn: Warn = warn) -> list[Path]:
+    """Image files among `paths`; folders are searched recursively, in sorted order, as training searches a
+    class folder (symlinks followed, each real folder and file once; hidden files skipped). `warn` takes
+    the note on skipped symlinks."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += images_under(p, warn)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return found

@@ -10,7 +10,8 @@ from ..errors import ConfigError
 class FeatureExtractor(nn.Module):
     """`features_only=True`: the network without its head, returning the chosen stages' outputs.
 
-    Holds the backbone's modules under their original names, so backbone weights load unchanged.
+    Holds the backbone's modules under their original names, so backbone weights load unchanged, and the
+    network's metadata (arch_name, arch_args, pretrained_cfg).
     """
 
     def __init__(self, model: nn.Module, out_indices: tuple[int, ...] | None = None):
@@ -28,7 +29,7 @@ class FeatureExtractor(nn.Module):
         keep = ["conv1", "bn1", "act1", "maxpool"] + [f"layer{k}" for k in range(1, last + 1)]
         for name in keep:
             self.add_module(name, getattr(model, name))
-        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+        self.arch_name, self.arch_args, self.pretrained_cfg = model.arch_name, model.arch_args, model.pretrained_cfg
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []

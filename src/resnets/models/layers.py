@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def make_divisible(value: float, divisor: int = 8) -> int:
     # Round to a multiple of `divisor` (never below it): channel counts that tensor cores like.
@@ -103,8 +105,6 @@ class GlobalPool(nn.Module):
     def __init__(self, kind: str = "avg"):
         super().__init__()
         if kind not in self.kinds:
-            from ..errors import ConfigError
-
             raise ConfigError(f"global_pool={kind!r} is not one of {', '.join(self.kinds)}")
         self.kind = kind
 

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import ConfigError, UnknownModelError
+from .features import FeatureExtractor
+from .weights import load_weights
 
 _MODELS: dict[str, Callable[[], Any]] = {}
 
 
 def register_model(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """Register `fn` (returning a config with `.replace(**kw)` and `.build()`) under its own name."""
+    """Register `fn` (returning a config with `.replace(**kw)` and `.build(**metadata)`) under its own name."""
     _MODELS[fn.__name__] = fn
     return fn
 
@@ -32,32 +35,24 @@ def get_config(name: str, **overrides: Any) -> Any:
     return _MODELS[name]().replace(**overrides)
 
 
-def create_model(name: str, pretrained: str | None = None, features_only: bool = False,
+def create_model(name: str, pretrained: str | Path | None = None, features_only: bool = False,
                  out_indices: tuple[int, ...] | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model, like `timm.create_model`.
 
     Args:
         name: a name from `list_models()`.
-        pretrained: path to weights (.safetensors, .pth/.pt state dict, or a `save_pretrained` folder).
-            A classifier whose size differs from `num_classes` is skipped and reported.
+        pretrained: weights to load (.safetensors, .pth/.pt state dict, a `save_pretrained` folder or a run
+            folder). A classifier whose size differs from `num_classes` is skipped and reported.
         features_only: return a backbone whose forward gives each stage's output (a list).
         out_indices: which feature levels to return with `features_only` (0 = stem, 1..4 = stages).
         **overrides: architecture arguments (num_classes, in_chans, cardinality, base_width, stem,
             avg_down, output_stride, drop_path_rate, zero_init_last, global_pool, ...).
     """
-    from .features import FeatureExtractor
-    from .weights import load_checkpoint
-
     if pretrained is True:
         raise ConfigError("pretrained=True would need a download; pass the path of a weights file instead")
-    cfg = get_config(name, **overrides)
-    model = cfg.build()
-    model.arch_name, model.arch_args = name, dict(overrides)
-    model.pretrained_cfg = cfg.data_config()
-    if pretrained:
-        load_checkpoint(model, pretrained)
     if out_indices is not None and not features_only:
         raise ConfigError("out_indices only applies with features_only=True")
-    if features_only:
-        return FeatureExtractor(model, out_indices)
-    return model
+    model = get_config(name, **overrides).build(arch_name=name, arch_args=overrides)
+    if pretrained:
+        load_weights(model, pretrained)
+    return FeatureExtractor(model, out_indices) if features_only else model

@@ -11,9 +11,8 @@ from torch import nn
 from ..errors import ConfigError
 from .blocks import BLOCKS, EXPANSION
 from .layers import ATTENTION, GlobalPool, make_shortcut
+from .pretrained_cfg import CIFAR_MEAN, CIFAR_STD, PretrainedCfg
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 STEMS = ("plain", "deep", "cifar")
 
 
@@ -70,16 +69,20 @@ class ResNetConfig:
             overrides["channels"] = tuple(overrides["channels"])
         return dataclasses.replace(self, **overrides)
 
-    def build(self) -> "ResNet":
-        return ResNet(self)
+    def build(self, **metadata: Any) -> "ResNet":
+        """The network; `metadata` is ResNet's keyword arguments (arch_name, pretrained_cfg, class_names, ...)."""
+        return ResNet(self, **metadata)
 
-    def data_config(self) -> dict[str, Any]:
-        """Default preprocessing for this architecture (overridden by weights that carry their own)."""
+    def default_pretrained_cfg(self) -> PretrainedCfg:
+        """Preprocessing of this architecture before any weights say otherwise: CIFAR's for the CIFAR stem
+        (32 px, no crop), ImageNet's for the others, per channel only for 3 channels."""
         if self.stem == "cifar":
-            return dict(input_size=(self.in_chans, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0,
-                        interpolation="bilinear")
-        return dict(input_size=(self.in_chans, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875,
-                    interpolation="bilinear")
+            mean, std = (CIFAR_MEAN, CIFAR_STD) if self.in_chans == 3 else ((0.5,) * self.in_chans,) * 2
+            return PretrainedCfg((self.in_chans, 32, 32), "bilinear", 1.0, mean, std)
+        if self.in_chans == 3:
+            return PretrainedCfg()
+        return PretrainedCfg(input_size=(self.in_chans, 224, 224), mean=(0.5,) * self.in_chans,
+                             std=(0.5,) * self.in_chans)
 
     def validate(self) -> None:
         checks = [
@@ -124,10 +127,20 @@ class ResNet(nn.Module):
     torchvision and timm weights load with `strict=True`.
     """
 
-    def __init__(self, cfg: ResNetConfig):
+    def __init__(self, cfg: ResNetConfig, *, arch_name: str | None = None, arch_args: dict[str, Any] | None = None,
+                 pretrained_cfg: PretrainedCfg | None = None, class_names: list[str] | None = None):
+        """Args:
+            cfg: the architecture.
+            arch_name: the registered name it was built as (`create_model`), if any.
+            arch_args: the arguments that name was given (what `cfg` changes of the registered config).
+            pretrained_cfg: preprocessing of the weights (default: the architecture's).
+            class_names: one name per output of the classifier (default: none; "0", "1", ... in reports).
+        """
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self.arch_name, self.arch_args = arch_name, dict(arch_args or {})
+        self.pretrained_cfg = pretrained_cfg or cfg.default_pretrained_cfg()
         self.num_classes = cfg.num_classes
         self.drop_rate = cfg.drop_rate
         self.conv1, pool, in_ch, stride = make_stem(cfg)
@@ -167,6 +180,21 @@ class ResNet(nn.Module):
         self.num_features = in_ch
         self.fc = self._make_classifier(cfg.num_classes)
         self._init_weights(cfg.zero_init_last)
+        self.class_names = class_names
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names: list[str] | None) -> None:
+        if names is not None and len(names) != self.num_classes:
+            raise ConfigError(f"{len(names)} class names for a classifier of {self.num_classes} classes")
+        self._class_names = [str(n) for n in names] if names is not None else None
+
+    def labels(self) -> list[str]:
+        """The class names, or "0", "1", ... when the weights name none."""
+        return self.class_names or [str(i) for i in range(self.num_classes)]
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
         features = self.num_features * self.global_pool.multiplier
@@ -196,6 +224,8 @@ class ResNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             self.global_pool = GlobalPool(global_pool)
+        if num_classes != self.num_classes:
+            self._class_names = None  # the new head's classes are not the old ones
         self.num_classes = num_classes
         self.fc = self._make_classifier(num_classes)
 
@@ -213,3 +243,13 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def check_img_size(model: nn.Module, img_size: int | None) -> None:
+    """ConfigError for inputs so small that the last stage would have no pixels left."""
+    if img_size is None:
+        return
+    reduction = model.feature_info[-1]["reduction"]
+    if img_size < reduction:
+        raise ConfigError(f"image size {img_size} is too small for this model: it downsamples by {reduction}, "
+                          f"so use at least {reduction}")

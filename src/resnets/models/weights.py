@@ -1,7 +1,9 @@
-"""Reading and writing weights: safetensors first, `torch.load(weights_only=True)` only, never pickled code.
+"""Weights files: reading (safetensors, or `torch.load(weights_only=True)` only, never pickled code), fitting
+them into a model, and writing them with the model's metadata inside.
 
-Checkpoints of torchvision, timm and the official Res2Net release share our parameter names; the
-prlz77 CIFAR ResNeXt ones are renamed on load. A classifier of another size is skipped and reported.
+Checkpoints of torchvision, timm and the official Res2Net release share our parameter names; the prlz77 CIFAR
+ResNeXt ones are renamed on load. A classifier of another size is skipped and reported. This module knows
+files and models, not names: building a model by name is the registry's, above it.
 """
 from __future__ import annotations
 
@@ -18,14 +20,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
-from ..errors import CheckpointError
-from ..fileio import (atomic_write_bytes, atomic_write_json, content_digest, written_as_safetensors,
-                      written_by_torch_save)
+from ..errors import CheckpointError, ConfigError
+from ..fileio import (atomic_write_bytes, content_digest, written_as_safetensors, written_by_torch_save)
+from ..messages import listed, one_line
+from .pretrained_cfg import PretrainedCfg
+from .resnet import ResNet, ResNetConfig
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+WEIGHTS_FILE = "model.safetensors"  # in a `save_pretrained` folder
+RUN_WEIGHTS = ("best.safetensors", "last.safetensors")  # in a training run folder, in order of preference
 METADATA_KEY = "resnets"  # safetensors metadata entry holding the JSON of `model_metadata`
 DIGEST_KEY = "sha256"  # safetensors metadata entry: content_digest of the tensors (catches bit flips)
-RUN_WEIGHTS = ("best.safetensors", "last.safetensors")  # what a training run directory holds
 CLASSIFIER_PREFIX = "fc."
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -54,49 +58,72 @@ class LoadReport:
         return f"loaded {self.path}{skipped}"
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of a weights file or folder, with wrappers and foreign names undone."""
-    path = Path(path)
+def resolve_weights(weights: str | Path) -> Path:
+    """The weights file a path names: a run folder means its best weights, a `save_pretrained` folder its
+    model.safetensors, a file itself."""
+    path = Path(weights)
     if path.is_dir():
-        if not (path / WEIGHTS_FILE).is_file():
-            raise CheckpointError(f"{path}: folder has no {WEIGHTS_FILE}")
-        path = path / WEIGHTS_FILE
+        for name in (WEIGHTS_FILE, *RUN_WEIGHTS):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE}, {RUN_WEIGHTS[0]} or {RUN_WEIGHTS[1]} in this folder")
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    metadata: dict[str, Any] = {}
+        raise CheckpointError(f"{path}: no such weights file or folder")
+    return path
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a weights file (or a folder: `resolve_weights`), with wrappers and foreign
+    names undone. A safetensors file with a checksum is verified against it."""
+    path = resolve_weights(path)
     if path.suffix.lower() == ".safetensors" or written_as_safetensors(path):
-        try:
-            with safe_open(str(path), "pt") as f:  # one open for tensors and header alike
-                header = f.metadata() or {}
-                state = {key: f.get_tensor(key) for key in f.keys()}
-            metadata = _maybe_json(header.get(METADATA_KEY, "{}"))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_short(e)})") from None
-        if not isinstance(metadata, dict):
-            metadata = {}
-        if DIGEST_KEY in header and content_digest(state) != header[DIGEST_KEY]:
-            raise CheckpointError(f"{path}: content does not match its checksum (the file is damaged)")
+        state, metadata = _read_safetensors(path)
     else:
-        if not written_by_torch_save(path):
-            raise CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a torch.save file)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"{path}: refused, it holds pickled objects beyond plain tensors and numbers "
-                f"(resnets loads only with weights_only=True): {_short(e)}") from None
-        except Exception as e:  # zip/EOF/unpickling errors of a damaged file all mean the same to a user
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_short(e)})") from None
-        if isinstance(state, dict):
-            for key in _WRAPPER_KEYS:
-                if isinstance(state.get(key), dict):
-                    metadata = {k: v for k, v in state.items() if k not in _WRAPPER_KEYS and not torch.is_tensor(v)}
-                    state = state[key]
-                    break
+        state, metadata = _read_torch_save(path)
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise CheckpointError(f"{path}: does not hold a state dict (a mapping of names to tensors)")
     return remap_keys(state), metadata
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        with safe_open(str(path), "pt") as f:  # one open for tensors and header alike
+            header = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
+    if DIGEST_KEY in header and content_digest(state) != header[DIGEST_KEY]:
+        raise CheckpointError(f"{path}: content does not match its checksum (the file is damaged)")
+    try:
+        metadata = json.loads(header.get(METADATA_KEY, "{}"))
+    except ValueError:
+        metadata = {}
+    return state, metadata if isinstance(metadata, dict) else {}
+
+
+def _read_torch_save(path: Path) -> tuple[Any, dict[str, Any]]:
+    if not written_by_torch_save(path):
+        raise CheckpointError(f"{path}: not a weights file (neither safetensors nor a torch.save file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message opens with how to load the file anyway; the line that names the object is the news
+        detail = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), one_line(e))
+        raise CheckpointError(
+            f"{path}: refused, it holds pickled objects beyond plain tensors and numbers "
+            f"(resnets loads only with weights_only=True): {detail}") from None
+    except Exception as e:  # zip/EOF/unpickling errors of a damaged file all mean the same to a user
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {one_line(e)})") from None
+    if isinstance(state, dict) and "optimizer" in state and "progress" in state:  # what `resnets train` resumes from
+        raise CheckpointError(f"{path}: a training checkpoint (for `resnets train --resume`), not weights; use "
+                              f"{RUN_WEIGHTS[0]} or {RUN_WEIGHTS[1]} of its run folder")
+    if isinstance(state, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(state.get(key), dict):
+                metadata = {k: v for k, v in state.items() if k not in _WRAPPER_KEYS and not torch.is_tensor(v)}
+                return state[key], metadata
+    return state, {}
 
 
 def remap_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -117,14 +144,16 @@ def remap_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
-    """Load weights into `model`. Every backbone tensor must fit; a differently sized head is skipped.
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], metadata: dict[str, Any], source: str | Path,
+               strict: bool = True) -> LoadReport:
+    """Fit tensors read from `source` into `model`: every backbone tensor must fit; a differently sized head is
+    skipped. The file's preprocessing replaces the model's, and its class names too when its head loaded.
 
     Raises CheckpointError naming the file and the keys that do not fit (e.g. another architecture).
     """
-    state, metadata = read_state_dict(path)
+    state = dict(state)
     expected = model.state_dict()
-    report = LoadReport(str(path), metadata=metadata)
+    report = LoadReport(str(source), metadata=metadata)
     for key in [k for k in state if k.startswith(CLASSIFIER_PREFIX)]:
         if key not in expected or expected[key].shape != state[key].shape:
             report.skipped.append(key)
@@ -135,35 +164,61 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
                   for k in state if k in expected and state[k].shape != expected[k].shape]
     if strict and (missing or unexpected or mismatched):
-        name = getattr(model, "arch_name", type(model).__name__)
-        problems = [f"{len(v)} {what} ({_preview(v)})" for what, v in
+        name = model.arch_name or type(model).__name__
+        problems = [f"{len(v)} {what} ({listed(v, 3)})" for what, v in
                     (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if v]
-        raise CheckpointError(f"{path}: does not fit {name}, probably another architecture: "
+        raise CheckpointError(f"{source}: does not fit {name}, probably another architecture: "
                               f"{'; '.join(problems)} keys")
+    pretrained_cfg, class_names = _file_metadata(metadata, model, source)
     model.load_state_dict(state, strict=False)
-    if "pretrained_cfg" in metadata and isinstance(metadata["pretrained_cfg"], dict):
-        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **metadata["pretrained_cfg"]}
-    if isinstance(metadata.get("class_names"), list) and not report.skipped:
-        model.class_names = metadata["class_names"]
+    if pretrained_cfg is not None:
+        model.pretrained_cfg = pretrained_cfg
+    if class_names is not None and not report.skipped and hasattr(model, "class_names"):
+        try:
+            model.class_names = class_names
+        except ConfigError as e:  # a head of N classes and a list of M names: the file contradicts itself
+            raise CheckpointError(f"{source}: {e}") from None
     return report
+
+
+def _file_metadata(metadata: dict[str, Any], model: nn.Module, source: str | Path,
+                   ) -> tuple[PretrainedCfg | None, list[str] | None]:
+    """The preprocessing and class names a file claims, checked: a file is untrusted, its metadata too."""
+    pretrained_cfg = class_names = None
+    try:
+        if isinstance(metadata.get("pretrained_cfg"), dict):
+            pretrained_cfg = PretrainedCfg.from_dict(metadata["pretrained_cfg"], base=model.pretrained_cfg)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{source}: its preprocessing metadata is not usable ({one_line(e)})") from None
+    names = metadata.get("class_names")
+    if isinstance(names, list):
+        if not all(isinstance(n, (str, int)) for n in names):
+            raise CheckpointError(f"{source}: its class_names metadata is not a list of names")
+        class_names = [str(n) for n in names]
+    return pretrained_cfg, class_names
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load a weights file (or folder, `resolve_weights`) into `model`; see `load_state`."""
+    state, metadata = read_state_dict(path)
+    return load_state(model, state, metadata, resolve_weights(path), strict)
 
 
 def model_metadata(model: nn.Module, class_names: list[str] | None = None) -> dict[str, Any]:
     """Everything needed to rebuild `model` and its preprocessing from its weights file alone."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is None:
-        raise CheckpointError("this model was not made by resnets (it has no architecture config)")
-    class_names = class_names if class_names is not None else getattr(model, "class_names", None)
+    if not isinstance(model, ResNet):
+        raise CheckpointError(f"a {type(model).__name__} was not made by resnets (it has no architecture config)")
+    class_names = class_names if class_names is not None else model.class_names
     if class_names is not None and len(class_names) != model.num_classes:
         raise CheckpointError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
     return {
-        "architecture": getattr(model, "arch_name", None),
-        "args": getattr(model, "arch_args", {}),
-        "config": dataclasses.asdict(cfg),
+        "architecture": model.arch_name,
+        "args": model.arch_args,
+        "config": dataclasses.asdict(model.cfg),
         "num_classes": model.num_classes,
         "num_features": model.num_features,
-        "pretrained_cfg": getattr(model, "pretrained_cfg", None) or cfg.data_config(),
-        "class_names": list(class_names) if class_names is not None else None,
+        "pretrained_cfg": model.pretrained_cfg.to_dict(),
+        "class_names": [str(n) for n in class_names] if class_names is not None else None,
     }
 
 
@@ -173,105 +228,29 @@ def save_weights(model: nn.Module, path: str | Path, class_names: list[str] | No
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:  # a NaN checkpoint would silently poison every later use of the file
-        raise CheckpointError(f"refusing to save {path}: non-finite values in {_preview(bad)}")
+        raise CheckpointError(f"refusing to save {path}: non-finite values in {listed(bad, 3)}")
     metadata = {"format": "pt", METADATA_KEY: json.dumps(meta), DIGEST_KEY: content_digest(tensors)}
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
-def save_pretrained(model: nn.Module, directory: str | Path, class_names: list[str] | None = None) -> Path:
-    """Write `config.json` + `model.safetensors` into `directory` (a layout a model hub serves as is)."""
-    directory = Path(directory)
-    save_weights(model, directory / WEIGHTS_FILE, class_names)
-    atomic_write_json(directory / CONFIG_FILE, model_metadata(model, class_names))
-    return directory
-
-
-def build_from_metadata(meta: dict[str, Any], source: str | Path) -> nn.Module:
-    """The (untrained) model described by `model_metadata`'s output."""
-    from .resnet import ResNetConfig
-
-    if "optimizer" in meta and "progress" in meta:  # what `resnets train` writes to resume from
-        raise CheckpointError(f"{source}: a resume state (for `resnets train --resume`), not a model; use "
-                              f"best.safetensors or last.safetensors of its run folder")
+def build_from_metadata(meta: dict[str, Any], source: str | Path) -> ResNet:
+    """The (untrained) model described by `model_metadata`'s output, with its preprocessing and class names."""
     try:
         arch = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(meta["config"]).items()}
         cfg = ResNetConfig().replace(**arch)
+        cfg.validate()
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: architecture metadata is not a resnets config ({_short(e)})") from None
-    model = cfg.build()
-    model.arch_name, model.arch_args = meta.get("architecture"), meta.get("args") or {}
-    model.pretrained_cfg = meta.get("pretrained_cfg") or cfg.data_config()
-    model.class_names = meta.get("class_names")
+        raise CheckpointError(f"{source}: architecture metadata is not a resnets config ({one_line(e)})") from None
+    args = meta.get("args")
+    arch_name = meta.get("architecture")
+    model = cfg.build(arch_name=arch_name if isinstance(arch_name, str) else None,
+                      arch_args=args if isinstance(args, dict) else None)
+    pretrained_cfg, class_names = _file_metadata(meta, model, source)
+    if pretrained_cfg is not None:
+        model.pretrained_cfg = pretrained_cfg
+    if class_names is not None:
+        try:
+            model.class_names = class_names
+        except ConfigError as e:
+            raise CheckpointError(f"{source}: {e}") from None
     return model
-
-
-def from_pretrained(directory: str | Path) -> nn.Module:
-    """Rebuild a model saved by `save_pretrained` (architecture, weights, preprocessing, class names)."""
-    directory = Path(directory)
-    model = build_from_metadata(_read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
-    load_checkpoint(model, directory / WEIGHTS_FILE)
-    return model
-
-
-def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """A run directory means its best weights; a `save_pretrained` folder its model.safetensors."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        for name in (WEIGHTS_FILE, *RUN_WEIGHTS):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: no {WEIGHTS_FILE}, {RUN_WEIGHTS[0]} or {RUN_WEIGHTS[1]} in this folder")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file or folder")
-    return path
-
-
-def load_model(checkpoint: str | Path, model_name: str | None = None, **overrides: Any) -> nn.Module:
-    """A ready model from a weights file, run directory or `save_pretrained` folder.
-
-    Files written by resnets carry their architecture; a bare state dict (torchvision, timm, ...) needs
-    `model_name`, and its head size is taken from the checkpoint.
-    """
-    from .registry import create_model
-
-    path = resolve_checkpoint(checkpoint)
-    state, meta = read_state_dict(path)
-    if meta.get("config") is not None and not model_name:
-        model = build_from_metadata(meta, path)
-    elif model_name:
-        head = state.get(CLASSIFIER_PREFIX + "weight")
-        if head is not None and "num_classes" not in overrides:
-            overrides["num_classes"] = head.shape[0]
-        model = create_model(model_name, **overrides)
-        if isinstance(meta.get("class_names"), list):
-            model.class_names = meta["class_names"]
-    else:
-        raise CheckpointError(f"{path}: a bare weights file does not say its architecture; pass --model NAME")
-    load_checkpoint(model, path)
-    return model
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({_short(e)})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
-def _maybe_json(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def _preview(items: list[str], n: int = 3) -> str:
-    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
-
-
-def _short(e: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(e).split())
-    return text[:limit] + ("..." if len(text) > limit else "")

@@ -1,1 +1,2 @@
-"""Training: configuration, the loop, checkpoints and the run directory."""
+"""Training: the config (`config.py`), the run assembled (`run.py`) and fitted (`trainer.py`), one epoch
+(`epoch.py`) of optimizer steps (`step.py`), checkpoints and resuming, several processes (`distributed.py`)."""

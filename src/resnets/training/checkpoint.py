@@ -1,15 +1,15 @@
-"""Resume states: plain tensors and primitives (`torch.load(weights_only=True)`), atomic, checksummed, rotated.
+"""Checkpoints, what `--resume` continues from: a run's weights, optimizer, progress and random state as plain
+tensors and primitives (`torch.load(weights_only=True)`), written atomically, checksummed, rotated.
 
-Files are `checkpoint-<epoch>-<step>.pt` in the run directory. Each holds a digest of its own content, so
-a bit flip that still unpickles is caught too. The newest `keep` are kept; a new file is complete (renamed
-into place) before an older one is removed.
+Files are `checkpoint-<epoch>-<step>.pt` in the run folder. Each holds a digest of its own content, so a bit
+flip that still unpickles is caught too. The newest `keep` are kept; a new file is complete (renamed into
+place) before an older one is removed.
 """
 from __future__ import annotations
 
 import io
 import random
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,15 @@ import torch
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write_bytes, content_digest, written_by_torch_save
+from ..messages import one_line, warn
 
-RESUME_GLOB = "checkpoint-*.pt"
+CHECKPOINT_GLOB = "checkpoint-*.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")
 REQUIRED = {"model", "optimizer", "epoch", "batch_in_epoch", "global_step", "config", "history",
             "digest"}
 
 
-def resume_file_name(epoch: int, global_step: int) -> str:
+def checkpoint_name(epoch: int, global_step: int) -> str:
     return f"checkpoint-{epoch:04d}-{global_step:09d}.pt"
 
 
@@ -61,81 +62,80 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def save_resume_state(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     """Write the state atomically under its epoch/step name, then drop all but the newest `keep`."""
     state = {**state, "digest": content_digest({k: v for k, v in state.items() if k != "digest"})}
     buf = io.BytesIO()
     torch.save(state, buf)
-    path = atomic_write_bytes(run_dir / resume_file_name(state["epoch"], state["global_step"]), buf.getvalue())
-    for old in list_resume_files(run_dir)[:-keep]:
+    path = atomic_write_bytes(run_dir / checkpoint_name(state["epoch"], state["global_step"]), buf.getvalue())
+    for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
 
-def list_resume_files(run_dir: Path) -> list[Path]:
-    """Resume files of a run, oldest first (by the step in their names)."""
-    files = [p for p in Path(run_dir).glob(RESUME_GLOB) if _NAME.match(p.name)]
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first (by the step in their names)."""
+    files = [p for p in Path(run_dir).glob(CHECKPOINT_GLOB) if _NAME.match(p.name)]
     return sorted(files, key=lambda p: tuple(int(g) for g in _NAME.match(p.name).groups()))  # type: ignore[union-attr]
 
 
-def load_resume_state(path: str | Path) -> dict[str, Any]:
-    """Load and verify one resume file; any damage is a CheckpointError naming the file."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and verify one checkpoint; any damage is a CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such resume file")
+        raise CheckpointError(f"{path}: no such checkpoint")
     if not written_by_torch_save(path):
-        raise CheckpointError(f"{path}: not a resume state (a run's checkpoint-*.pt, written by torch.save)")
+        raise CheckpointError(f"{path}: not a checkpoint (a run's checkpoint-*.pt, written by torch.save)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # damaged files fail in many ways (zip, pickle, EOF); each means "unusable"
-        raise CheckpointError(f"{path}: not a readable resume state ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {one_line(e)})") from None
     if not isinstance(state, dict) or not REQUIRED <= set(state):
         missing = sorted(REQUIRED - set(state)) if isinstance(state, dict) else "everything"
-        raise CheckpointError(f"{path}: not a resnets resume state (missing {missing})")
+        raise CheckpointError(f"{path}: not a resnets checkpoint (missing {missing})")
     if content_digest({k: v for k, v in state.items() if k != "digest"}) != state["digest"]:
         raise CheckpointError(f"{path}: content does not match its checksum (the file is damaged)")
     return state
 
 
-def newest_valid_state(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The newest resume file of a run that loads and verifies; damaged newer ones are skipped with a warning."""
-    files = list_resume_files(run_dir)
+def newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of a run that loads and verifies; damaged newer ones are skipped with a warning."""
+    files = list_checkpoints(run_dir)
     if not files:
-        raise CheckpointError(f"{run_dir}: no resume state in this run directory")
+        raise CheckpointError(f"{run_dir}: no checkpoint in this run folder")
     for path in reversed(files):
         try:
-            return path, load_resume_state(path)
+            return path, load_checkpoint(path)
         except CheckpointError as e:
-            print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
-    raise CheckpointError(f"{run_dir}: every resume state is damaged ({len(files)} tried)")
+            warn(f"{e}; trying the previous checkpoint")
+    raise CheckpointError(f"{run_dir}: every checkpoint is damaged ({len(files)} tried)")
 
 
-def find_resume(resume: str, output: str | Path) -> tuple[Path, Path, dict[str, Any]]:
-    """(run_dir, file, state) for --resume auto | RUN_DIR | FILE."""
+def find_checkpoint(resume: str, output: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+    """(run folder, file, state) for --resume auto | RUN_DIR | FILE."""
     if resume == "auto":
-        runs = [d for d in Path(output).glob("*") if d.is_dir() and list_resume_files(d)]
+        runs = [d for d in Path(output).glob("*") if d.is_dir() and list_checkpoints(d)]
         if not runs:
             raise CheckpointError(f"--resume auto: no resumable run under {output}")
-        runs.sort(key=lambda d: list_resume_files(d)[-1].stat().st_mtime)
+        runs.sort(key=lambda d: list_checkpoints(d)[-1].stat().st_mtime)
         for run_dir in reversed(runs):
             try:
-                path, state = newest_valid_state(run_dir)
+                path, state = newest_checkpoint(run_dir)
                 return run_dir, path, state
             except CheckpointError as e:
-                print(f"warning: {e}", file=sys.stderr)
-        raise CheckpointError(f"--resume auto: no run under {output} has a usable resume state")
+                warn(str(e))
+        raise CheckpointError(f"--resume auto: no run under {output} has a usable checkpoint")
     path = Path(resume)
     if path.is_dir():
-        file, state = newest_valid_state(path)
+        file, state = newest_checkpoint(path)
         return path, file, state
-    return path.parent, path, load_resume_state(path)
+    return path.parent, path, load_checkpoint(path)
 
 
-def abandon_newer_states(run_dir: Path, resumed_from: Path) -> list[Path]:
-    """Move resume files newer than the one resumed from into `abandoned/`: left in place, the rotation
-    would delete the new states first and a later `--resume auto` would pick the stale ones."""
-    files = list_resume_files(run_dir)
+def abandon_newer_checkpoints(run_dir: Path, resumed_from: Path) -> list[Path]:
+    """Move checkpoints newer than the one resumed from into `abandoned/`: left in place, the rotation
+    would delete the new ones first and a later `--resume auto` would pick the stale ones."""
+    files = list_checkpoints(run_dir)
     if resumed_from not in files:
         return []
     newer = files[files.index(resumed_from) + 1:]

@@ -1,14 +1,20 @@
-"""CLI subcommand `train`: flags map one to one onto TrainConfig fields."""
+"""`resnets train`: flags map one to one onto TrainConfig fields."""
 from __future__ import annotations
 
 import argparse
 import os
 
+from .config import add_arguments, overrides_from_args
+from .trainer import train
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import overrides_from_args
-    from .trainer import train
 
+def add_train(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Train on a folder of images, a CSV, CIFAR or the built-in digits. Options come from "
+                          "the defaults, then -c FILE.yaml, then the flags given.")
+    add_arguments(parser)
+
+
+def run_train(args: argparse.Namespace) -> int:
     result = train(**overrides_from_args(args))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
         return 0
@@ -17,11 +23,4 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register `resnets train`."""
-    from .config import add_arguments
-
-    p = sub.add_parser("train", help="train a model (default: digits on cifar_resnet20)",
-                       description="Train on a folder of images, a CSV, CIFAR or the built-in digits.")
-    add_arguments(p)
-    p.set_defaults(func=cmd_train)
+COMMANDS = {"train": (add_train, run_train)}

@@ -1,22 +1,29 @@
-"""The one typed configuration of `resnets train`: defaults < YAML file (-c) < command-line flags."""
+"""The one typed configuration of `resnets train`: defaults < YAML file (-c) < command-line flags.
+
+Each field is an option: its help, choices and group are the field's metadata (`options.option`), from which
+`resnets train --help` is built; the choices of an enumeration are the keys of the table that implements it.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
-import os
-import re
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..caches import COMPILE_MODES, CUDA_GRAPH_MODES
+from ..data.datasets import DATASETS
+from ..data.transforms import AUTO_AUGMENT
+from ..device import AMP_DTYPES
 from ..errors import ConfigError
+from ..options import add_options, check_choices, from_options, load_yaml, option
+from .optim import LR_SCALING, OPTIMIZERS, SCHEDULES
+
+GROUPS = [("data", "data"), ("model", "model"), ("optimisation", "optimisation"), ("augmentation", "augmentation"),
+          ("hardware", "hardware and speed"), ("checkpoints", "run folder, checkpoints and reproducibility"),
+          ("distributed", "several processes (torchrun; -b is per process)"), ("logging", "logging")]
+IMBALANCE = ("none", "weights", "sampler")  # --imbalance (run.py: class-weighted loss, balanced sampler)
 
 
 @dataclass
@@ -27,71 +34,97 @@ class TrainConfig:
     32x32) on a CIFAR ResNet-20, about two minutes on two CPU cores.
     """
 
-    # data
-    dataset: str = "digits"  # folder (ImageFolder), csv, digits, cifar10, cifar100
-    data_dir: str | None = None  # folder / CSV file / CIFAR root; a folder implies dataset=folder
-    val_fraction: float = 0.2  # held out (stratified, seeded) when the data has no val/ or test/ split
-    download: bool = False  # CIFAR only
-    max_bad_fraction: float = 0.01  # unreadable images allowed (skipped, in bad_files.csv); a larger share stops the run
-    # model
-    model: str = "cifar_resnet20"
-    pretrained: str | None = None  # weights to fine-tune from; a head of another size is re-initialised
-    remap_classes: bool = False  # allow a pretrained checkpoint with other classes than the data: its head is reset
-    num_classes: int | None = None  # taken from the data; if given it must agree
-    freeze_backbone: bool = False  # train only the classifier
-    img_size: int | None = None  # default: the model's input size
-    drop_path_rate: float = 0.0
-    # optimisation
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    opt: str = "sgd"  # sgd, nesterov, adamw, adam
-    momentum: float = 0.9
-    sched: str = "cosine"  # cosine, step, multistep, constant
-    warmup_epochs: float = 1.0  # linear warm-up from lr/100
-    decay_epochs: int = 30  # step schedule: decay every N epochs
-    decay_milestones: list[int] = dataclasses.field(default_factory=lambda: [30, 60, 90])  # multistep
-    decay_rate: float = 0.1
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0 = off
-    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off
-    ema_decay: float = 0.0  # EMA of weights, e.g. 0.999; 0 = off. Validation and best.safetensors use the EMA.
-    accum_steps: int = 1  # gradient accumulation
-    clip_grad: float = 0.0  # max gradient norm; 0 = off
-    imbalance: str = "none"  # none, weights (class-weighted loss), sampler (balanced sampling)
-    patience: int = 0  # early stopping after N epochs without a better val top-1; 0 = off
-    # augmentation
-    hflip: float | None = None  # default 0.5, and 0 for digits (a mirrored 2 is not a 2)
-    auto_augment: str | None = None  # rand (RandAugment), trivial (TrivialAugmentWide)
-    random_erasing: float = 0.0
-    # runtime
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
-    channels_last: bool | None = None  # default: on CUDA
-    compile: bool = False
-    compile_mode: str = "default"  # with --compile: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs
-    in_memory: bool = False  # decode the training images once into a uint8 tensor on the device and crop/flip whole batches there: no DataLoader (data that fits in memory)
-    decode_on_device: bool = False  # JPEG folders: workers only read bytes; the device decodes them (nvJPEG on a GPU) and crops/flips whole batches
-    cache_dir: str | None = None  # where --in-memory keeps decoded folders (keyed by the files' paths, sizes and times) and --compile its caches (default ~/.cache/resnets)
-    workers: int | None = None  # data-loading processes; default 0 for in-memory data (digits), else the cores (at most 16 feeding a GPU, 8 on the CPU)
-    seed: int = 0
-    output: str = "runs"
-    name: str | None = None  # run directory name (default: time and model)
-    resume: str | None = None  # "auto" (newest run under --output), a run directory or a checkpoint-*.pt
-    checkpoint_every: int = 0  # also save the resume state every N optimizer steps (0: at each epoch's end)
-    keep_checkpoints: int = 2  # resume states kept per run (best.safetensors is kept apart, always)
-    skip_nonfinite: int = 0  # skip up to N steps with a non-finite loss in a row instead of stopping the run
-    deterministic: bool = False  # deterministic kernels only: identical weights from identical runs
-    log_tensorboard: bool = False
-    progress: bool = True  # tqdm bars (shown only on a terminal)
-    # several processes (torchrun); batch-size is per process
-    sync_bn: bool = False  # BatchNorm statistics over the global batch (GPUs only)
-    scale_lr: str = "none"  # none, linear, sqrt: take --lr as the rate for --lr-base-batch and scale it to the global batch (batch-size x processes x accum-steps)
-    lr_base_batch: int = 256  # the batch --lr is meant for, with --scale-lr
-    dist_timeout: float = 600.0  # seconds a process waits for the others in a collective before the job fails
-    ddp_bucket_mb: float = 25.0  # size of DDP's gradient all-reduce buckets
-    ddp_static_graph: bool = False  # DDP static_graph: the same parameters get gradients in every step (lets DDP skip per-step bookkeeping)
+    dataset: str = option("digits", "what --data-dir holds (a folder or a .csv path implies folder or csv)",
+                          group="data", choices=DATASETS)
+    data_dir: str | None = option(None, "image folder (class subfolders, or train/ and val/), CSV of file,label, or "
+                                        "the CIFAR folder", group="data", metavar="PATH")
+    val_fraction: float = option(0.2, "share of each class held out for validation when the data has no val/ or "
+                                      "test/", group="data")
+    download: bool = option(False, "download CIFAR if it is missing", group="data")
+    max_bad_fraction: float = option(0.01, "share of unreadable images allowed (skipped, listed in bad_files.csv); "
+                                           "more stops the run", group="data")
+    model: str = option("cifar_resnet20", "architecture, a name from `resnets models`", group="model", metavar="NAME")
+    pretrained: str | None = option(None, "weights to start from (file, save_pretrained folder or run folder); a "
+                                          "head of another size is re-initialised", group="model", metavar="WEIGHTS")
+    remap_classes: bool = option(False, "allow --pretrained weights trained on other classes: their head is reset",
+                                 group="model")
+    num_classes: int | None = option(None, "must agree with the data when given (default: the data's classes)",
+                                     group="model")
+    freeze_backbone: bool = option(False, "train only the classifier (BatchNorm statistics frozen too)", group="model")
+    img_size: int | None = option(None, "square training and validation size (default: the model's input size)",
+                                  group="model", metavar="PX")
+    drop_path_rate: float = option(0.0, "stochastic depth at the last block, rising linearly to it", group="model")
+    epochs: int = option(8, "epochs to train", group="optimisation")
+    batch_size: int = option(64, "images per step and process", group="optimisation", short="-b")
+    lr: float = option(0.1, "peak learning rate (after the warm-up)", group="optimisation")
+    weight_decay: float = option(5e-4, "L2 penalty on conv and linear weights (not on BN parameters or biases)",
+                                 group="optimisation")
+    opt: str = option("sgd", "optimizer", group="optimisation", choices=tuple(OPTIMIZERS))
+    momentum: float = option(0.9, "SGD momentum", group="optimisation")
+    sched: str = option("cosine", "learning-rate schedule after the warm-up", group="optimisation",
+                        choices=tuple(SCHEDULES))
+    warmup_epochs: float = option(1.0, "linear warm-up from lr/100, in epochs (fractions allowed)",
+                                  group="optimisation")
+    decay_epochs: int = option(30, "--sched step: multiply the lr by --decay-rate every N epochs", group="optimisation")
+    decay_milestones: list[int] = option([30, 60, 90], "--sched multistep: epochs at which the lr is multiplied by "
+                                                       "--decay-rate", group="optimisation", metavar="EPOCH")
+    decay_rate: float = option(0.1, "factor of each step or milestone decay", group="optimisation")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", group="optimisation")
+    ema_decay: float = option(0.0, "exponential moving average of the weights, e.g. 0.999 (0: off); validation and "
+                                   "best.safetensors use the average", group="optimisation")
+    accum_steps: int = option(1, "batches whose gradients add up to one optimizer step", group="optimisation")
+    clip_grad: float = option(0.0, "largest gradient norm (0: off)", group="optimisation")
+    imbalance: str = option("none", "uneven classes: class-weighted loss or balanced sampling", group="optimisation",
+                            choices=IMBALANCE)
+    patience: int = option(0, "stop after N epochs without a better val top-1 (0: off)", group="optimisation")
+    skip_nonfinite: int = option(0, "skip up to N steps with a non-finite loss in a row instead of stopping",
+                                 group="optimisation")
+    hflip: float | None = option(None, "probability of a horizontal flip (default: 0.5; 0 for digits, a mirrored 2 is "
+                                       "no 2)", group="augmentation")
+    auto_augment: str | None = option(None, "RandAugment or TrivialAugmentWide (default: none)", group="augmentation",
+                                      choices=tuple(AUTO_AUGMENT))
+    random_erasing: float = option(0.0, "probability of erasing a random rectangle", group="augmentation")
+    mixup: float = option(0.0, "alpha of MixUp's Beta(alpha, alpha) (0: off)", group="augmentation")
+    cutmix: float = option(0.0, "alpha of CutMix's Beta(alpha, alpha) (0: off)", group="augmentation")
+    device: str = option("auto", "auto (a GPU when there is one), cpu, cuda, cuda:N", group="hardware")
+    amp: str = option("auto", "mixed precision (auto: bf16 on CUDA, off on the CPU)", group="hardware",
+                      choices=("auto", *AMP_DTYPES))
+    channels_last: bool | None = option(None, "channels_last memory format (default: on CUDA)", group="hardware")
+    compile: bool = option(False, "torch.compile the training step", group="hardware")
+    compile_mode: str = option("default", "with --compile: reduce-overhead adds CUDA graphs, max-autotune times "
+                                          "kernels", group="hardware", choices=COMPILE_MODES)
+    in_memory: bool = option(False, "decode the training images once into memory on the device and crop/flip whole "
+                                    "batches there (data that fits)", group="hardware")
+    decode_on_device: bool = option(False, "workers only read JPEG bytes; the device decodes (nvJPEG on a GPU) and "
+                                           "crops/flips whole batches", group="hardware")
+    cache_dir: str | None = option(None, "where --in-memory keeps decoded folders and --compile its caches (default: "
+                                         "~/.cache/resnets)", group="hardware", metavar="DIR")
+    workers: int | None = option(None, "loader processes, 0: load in this process (default: 0 for digits, else the "
+                                       "cores, at most 16 feeding a GPU, 8 the CPU)", group="hardware", short="-j")
+    output: str = option("runs", "folder that holds the run folders", group="checkpoints", metavar="DIR")
+    name: str | None = option(None, "run folder name (default: the time and the model)", group="checkpoints")
+    resume: str | None = option(None, "continue a run: auto (the newest under --output), a run folder or a "
+                                      "checkpoint-*.pt", group="checkpoints", metavar="RUN")
+    checkpoint_every: int = option(0, "also write a checkpoint every N optimizer steps (0: at each epoch's end only)",
+                                   group="checkpoints")
+    keep_checkpoints: int = option(2, "checkpoints kept per run (best.safetensors is kept apart, always)",
+                                   group="checkpoints")
+    seed: int = option(0, "seeds the split, the data order, augmentation and initialisation", group="checkpoints")
+    deterministic: bool = option(False, "deterministic kernels only: identical weights from identical runs",
+                                 group="checkpoints")
+    sync_bn: bool = option(False, "BatchNorm statistics over the global batch (GPUs only)", group="distributed")
+    scale_lr: str = option("none", "take --lr as the rate for --lr-base-batch and scale it to the global batch "
+                                   "(batch-size x processes x accum-steps)", group="distributed",
+                           choices=tuple(LR_SCALING))
+    lr_base_batch: int = option(256, "the batch --lr is meant for, with --scale-lr", group="distributed")
+    dist_timeout: float = option(600.0, "seconds a process waits for the others in a collective before the job fails",
+                                 group="distributed")
+    ddp_bucket_mb: float = option(25.0, "size of DDP's gradient all-reduce buckets in MB", group="distributed")
+    ddp_static_graph: bool = option(False, "DDP static_graph: the same parameters get gradients every step",
+                                    group="distributed")
+    log_tensorboard: bool = option(False, "write scalars and the model graph for TensorBoard (pip install "
+                                          "'resnets[tensorboard]')", group="logging")
+    progress: bool = option(True, "progress bars (shown only on a terminal)", group="logging")
 
     def resolved(self) -> "TrainConfig":
         """Fill the 'auto' fields that do not depend on the machine."""
@@ -109,70 +142,9 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        choices = {"dataset": ("folder", "csv", "digits", "cifar10", "cifar100"), "opt": tuple(OPTIMIZERS),
-                   "sched": ("cosine", "step", "multistep", "constant"), "amp": ("auto", "bf16", "fp16", "off"),
-                   "imbalance": ("none", "weights", "sampler"), "scale_lr": ("none", "linear", "sqrt"),
-                   "auto_augment": (None, "none", "rand", "trivial"), "compile_mode": COMPILE_MODES}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                shown = ", ".join(str(a) for a in allowed if a is not None)
-                raise ConfigError(f"{key.replace('_', '-')}={getattr(self, key)!r} is not one of {shown}")
-        positive = ["epochs", "batch_size", "accum_steps", "keep_checkpoints", "lr_base_batch"]
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
-        if self.decay_epochs < 1:
-            raise ConfigError(f"decay-epochs must be >= 1, got {self.decay_epochs}")
-        for key in ("hflip", "random_erasing", "label_smoothing"):
-            value = getattr(self, key)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{key.replace('_', '-')} must be in [0, 1], got {value}")
-        if not 0 < self.lr < math.inf:  # nan fails this too
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
-        for key in ("weight_decay", "momentum", "clip_grad", "mixup", "cutmix", "warmup_epochs"):
-            if not 0 <= getattr(self, key) < math.inf:  # nan fails this too: a nan warm-up trained at lr 0
-                raise ConfigError(f"{key.replace('_', '-')} must be a finite number >= 0, got {getattr(self, key)}")
-        if not 0 <= self.seed < 2**64:  # torch.manual_seed's range
-            raise ConfigError(f"seed must be in [0, 2**64), got {self.seed}")
-        if not 0 < self.decay_rate < math.inf:
-            raise ConfigError(f"decay-rate must be a finite number > 0, got {self.decay_rate}")
-        if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.decay_milestones):
-            raise ConfigError(f"decay-milestones must be epoch numbers >= 1, got {self.decay_milestones}")
-        if self.img_size is not None and self.img_size < 1:
-            raise ConfigError(f"img-size must be >= 1, got {self.img_size}")
-        if self.name is not None and (not self.name.strip(". ") or Path(self.name).name != self.name):
-            raise ConfigError(f"name {self.name!r} must be a folder name, without '/'")
-        if min(self.workers or 0, self.patience, self.checkpoint_every, self.skip_nonfinite) < 0:
-            raise ConfigError("workers, patience, checkpoint-every and skip-nonfinite must be >= 0")
-        if self.dataset in ("folder", "csv") and not self.data_dir:
-            raise ConfigError(f"dataset={self.dataset} needs --data-dir")
-        if not 0.0 <= self.max_bad_fraction < 1.0:
-            raise ConfigError(f"max-bad-fraction must be in [0, 1), got {self.max_bad_fraction}")
-        if self.in_memory and (self.auto_augment not in (None, "none") or self.random_erasing > 0):
-            raise ConfigError("--in-memory augments with crop and flip only; drop --auto-augment/--random-erasing "
-                              "or --in-memory")
-        if self.decode_on_device and (self.in_memory or self.auto_augment not in (None, "none")
-                                      or self.random_erasing > 0):
-            raise ConfigError("--decode-on-device augments with crop and flip only, and not with --in-memory")
-        if self.decode_on_device and self.dataset not in ("folder", "csv"):
-            raise ConfigError("--decode-on-device reads image files: use it with --data-dir (a folder or CSV)")
-        if not (0 < self.dist_timeout < math.inf and 0 < self.ddp_bucket_mb < math.inf):
-            raise ConfigError("dist-timeout and ddp-bucket-mb must be finite numbers > 0")
-        if self.compile_mode != "default" and not self.compile:
-            raise ConfigError(f"--compile-mode {self.compile_mode} chooses how --compile compiles: add --compile")
-        if self.compile and self.compile_mode in CUDA_GRAPH_MODES and self.accum_steps > 1:
-            # the first backward of a cycle would put the gradients in memory the next graph replay reuses
-            raise ConfigError(f"--compile-mode {self.compile_mode} (CUDA graphs) cannot accumulate gradients: "
-                              f"drop --accum-steps or use --compile-mode default")
-        if self.ddp_static_graph and self.accum_steps > 1:
-            # torch's reducer asserts on the first no_sync backward in static-graph mode and, past that, stops
-            # all-reducing (pytorch/pytorch#187732, open)
-            raise ConfigError("--ddp-static-graph cannot accumulate gradients (DDP's static graph breaks under "
-                              "no_sync): drop --accum-steps or --ddp-static-graph")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
+        check_choices(self)
+        _check_ranges(self)
+        _check_combinations(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -182,112 +154,76 @@ class TrainConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
 
-def default_workers(device_type: str) -> int:
-    """Loader processes when -j is not given. Feeding a GPU: every core of this process's share, at most 16
-    (on the 16-core H100 machine, 16 workers decoded and augmented about 11,000 JPEGs/s, about 690 each; 8
-    at that rate, about 5,500, would be fewer than the compiled ResNet-50 step's 5,700 img/s). Training on the
-    CPU: at most 8, since every worker takes a core from the training threads. Under torchrun the node's cores
-    are shared by its LOCAL_WORLD_SIZE processes."""
-    cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(16 if device_type == "cuda" else 8, cores))
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Every number within what it means; a nan fails each test below too."""
+    rules = [
+        (("epochs", "batch_size", "accum_steps", "keep_checkpoints", "lr_base_batch", "decay_epochs"),
+         lambda v: v >= 1, "must be >= 1"),
+        (("workers", "patience", "checkpoint_every", "skip_nonfinite"), lambda v: v is None or v >= 0, "must be >= 0"),
+        (("hflip", "random_erasing", "label_smoothing"), lambda v: v is None or 0.0 <= v <= 1.0, "must be in [0, 1]"),
+        (("lr", "decay_rate", "dist_timeout", "ddp_bucket_mb"), lambda v: 0 < v < math.inf,
+         "must be a finite number > 0"),
+        (("weight_decay", "momentum", "clip_grad", "mixup", "cutmix", "warmup_epochs"), lambda v: 0 <= v < math.inf,
+         "must be a finite number >= 0"),
+        (("max_bad_fraction", "drop_path_rate", "ema_decay"), lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+        (("seed",), lambda v: 0 <= v < 2**64, "must be in [0, 2**64)"),  # torch.manual_seed's range
+        (("img_size",), lambda v: v is None or v >= 1, "must be >= 1"),
+        (("val_fraction",), lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
+    ]
+    for keys, ok, what in rules:
+        for key in keys:
+            if not ok(getattr(cfg, key)):
+                raise ConfigError(f"{key.replace('_', '-')} {what}, got {getattr(cfg, key)}")
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in cfg.decay_milestones):
+        raise ConfigError(f"decay-milestones must be epoch numbers >= 1, got {cfg.decay_milestones}")
+    if cfg.name is not None and (not cfg.name.strip(". ") or Path(cfg.name).name != cfg.name):
+        raise ConfigError(f"name {cfg.name!r} must be a folder name, without '/'")
 
 
-OPTIMIZERS = ("sgd", "nesterov", "adamw", "adam")
-SHORT_FLAGS = {"batch_size": "-b", "workers": "-j"}
+def _check_combinations(cfg: TrainConfig) -> None:
+    """Options that exclude or need each other."""
+    augments = cfg.auto_augment not in (None, "none") or cfg.random_erasing > 0
+    rules = [
+        (cfg.dataset in ("folder", "csv") and not cfg.data_dir, f"dataset={cfg.dataset} needs --data-dir"),
+        (cfg.in_memory and augments, "--in-memory augments with crop and flip only; drop --auto-augment/"
+                                     "--random-erasing or --in-memory"),
+        (cfg.decode_on_device and (cfg.in_memory or augments),
+         "--decode-on-device augments with crop and flip only, and not with --in-memory"),
+        (cfg.decode_on_device and cfg.dataset not in ("folder", "csv"),
+         "--decode-on-device reads image files: use it with --data-dir (a folder or CSV)"),
+        (cfg.compile_mode != "default" and not cfg.compile,
+         f"--compile-mode {cfg.compile_mode} chooses how --compile compiles: add --compile"),
+        # the first backward of a cycle would put the gradients in memory the next graph replay reuses
+        (cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and cfg.accum_steps > 1,
+         f"--compile-mode {cfg.compile_mode} (CUDA graphs) cannot accumulate gradients: drop --accum-steps or use "
+         f"--compile-mode default"),
+        # torch's reducer asserts on the first no_sync backward in static-graph mode and, past that, stops
+        # all-reducing (pytorch/pytorch#187732, open)
+        (cfg.ddp_static_graph and cfg.accum_steps > 1,
+         "--ddp-static-graph cannot accumulate gradients (DDP's static graph breaks under no_sync): drop "
+         "--accum-steps or --ddp-static-graph"),
+    ]
+    for broken, message in rules:
+        if broken:
+            raise ConfigError(message)
 
 
-# What a run's config.yaml records beside the options (trainer.py): outcomes of the run, not options. Reading
+# What a run's config.yaml records beside the options (run_dir.py): outcomes of the run, not options. Reading
 # the file back with `-c` drops them, so a run's own config.yaml starts the same run again.
 RECORDED_KEYS = ("resolved_device", "resolved_amp", "resolved_channels_last", "world_size", "global_batch",
                  "resolved_lr", "elastic_run_id")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values")
-    return {key: v for k, v in data.items() if (key := str(k).replace("-", "_")) not in RECORDED_KEYS}
-
-
 def make_config(overrides: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from keyword overrides; unknown keys are an error listing the valid ones."""
-    valid = [f.name for f in dataclasses.fields(TrainConfig)]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-    hints = typing.get_type_hints(TrainConfig)
-    values = {key: _coerce(value, hints[key]) for key, value in overrides.items()}
-    for key, value in values.items():
-        _check_type(key, value, hints[key])
-    return TrainConfig(**values)
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """Undo YAML's guesses: `amp: off` arrives as False and `lr: 1e-3` as a string."""
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if isinstance(value, bool) and str in allowed and bool not in allowed:
-        return "on" if value else "off"
-    if isinstance(value, str) and str not in allowed:
-        for number in (int, float):
-            if number in allowed:
-                try:
-                    return number(value)
-                except ValueError:
-                    pass
-    return value
-
-
-def _check_type(key: str, value: Any, hint: Any) -> None:
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    allowed = tuple(typing.get_origin(a) or a for a in allowed)
-    if value is None and type(None) in allowed:
-        return
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return
-    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-        names = "/".join("null" if a is type(None) else a.__name__ for a in allowed)
-        raise ConfigError(f"option {key}: expected {names}, got {value!r}")
-
-
-def field_comments() -> dict[str, str]:
-    """The comment after each field of TrainConfig: the one place an option is documented."""
-    comments = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2)
-    return comments
+    return from_options(TrainConfig, overrides)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (`--batch-size`, `--no-compile`, ...), defaults left to the dataclass."""
-    parser.add_argument("-c", "--config", help="YAML file of options; flags given here override it")
-    hints = typing.get_type_hints(TrainConfig)
-    comments = field_comments()
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        names = [SHORT_FLAGS[f.name], flag] if f.name in SHORT_FLAGS else [flag]
-        hint = hints[f.name]
-        # list[int] is a type of its own; `int | None` stands for its non-None member
-        base = hint if typing.get_origin(hint) is list else [a for a in typing.get_args(hint) or (hint,)
-                                                                if a is not type(None)][0]
-        default = getattr(defaults, f.name)
-        help_text = comments.get(f.name, "").replace("%", "%%")
-        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
-                                      help=f"{help_text} [default: {default}]" if help_text else f"[default: {default}]")
-        if base is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(base) is list:
-            kwargs.update(type=int, nargs="+")
-        else:
-            kwargs["type"] = base
-        parser.add_argument(*names, **kwargs)
+    """`-c` and one flag per TrainConfig field (`--batch-size`, `--no-compile`, ...), in their groups."""
+    parser.add_argument("-c", "--config", metavar="FILE.yaml",
+                        help="options as YAML (a run's own config.yaml works); flags given here override it")
+    add_options(parser, TrainConfig, GROUPS)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -295,9 +231,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     left out is absent from `args` (default=SUPPRESS). A resume needs to know which were given: a flag
     that repeats its default (`--epochs 8`) is still a request."""
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    values = {k: v for k, v in values.items() if k not in RECORDED_KEYS}
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
     return {**values, **flags}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return make_config(overrides_from_args(args))
+

@@ -22,7 +22,9 @@ from typing import Any, Callable, Iterable, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..device import resolve_device
 from ..errors import ConfigError
 
 T = TypeVar("T")
@@ -67,23 +69,27 @@ class Distributed:
         dist.all_gather_object(out, obj, group=self.host_group)
         return out
 
-    def on_main(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on rank 0 and hand every rank its result, or its exception: a user error found by
-        rank 0 alone (a damaged resume file, say) then ends every rank the same way instead of leaving
-        the others waiting."""
+    def on_main(self, fn: Callable[[], T], share: Callable[[T], Any] | None = None) -> Any:
+        """Run `fn` on rank 0 and return its result there; every other rank gets `share(result)` (default: the
+        result itself), sent over the wire, or the exception `fn` raised: a user error found by rank 0 alone
+        (a damaged checkpoint, say) then ends every rank the same way instead of leaving the others waiting.
+        `share` keeps what is large (a checkpoint, a decoded image store) on rank 0 and sends what the others
+        need to find their own copy (its path)."""
         if not self.enabled:
             return fn()
         box: list[Any] = [None]
+        result = None
         if self.is_main:
             try:
-                box[0] = (fn(), None)
+                result = fn()
+                box[0] = (share(result) if share else result, None)
             except Exception as e:  # re-raised on every rank below, rank 0 included
                 box[0] = (None, e)
         dist.broadcast_object_list(box, src=0, group=self.host_group)
-        result, error = box[0]
+        shared, error = box[0]
         if error is not None:
             raise error
-        return result
+        return result if self.is_main else shared
 
     def broadcast_module(self, module: nn.Module) -> None:
         """Rank 0's parameters and buffers into every rank's copy of `module`."""
@@ -137,8 +143,6 @@ def init_distributed(device: str, timeout_s: float) -> tuple[Distributed, torch.
     `timeout_s` bounds how long a rank waits in a collective for a peer that died or hangs: with a crash
     on another node, that is how long it takes the job to end.
     """
-    from ..tasks.common import resolve_device
-
     wanted = resolve_device(device)
     if launched_world_size() <= 1:
         return Distributed(), wanted
@@ -170,8 +174,6 @@ def wrap_model(model: nn.Module, ctx: Distributed, device: torch.device, bucket_
     """The DDP wrapper that averages gradients during backward (the model itself when alone)."""
     if not ctx.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     # Gradients as views into the communication buckets: no second copy of every gradient, and no
     # copy-in before each all-reduce.
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=bucket_mb,

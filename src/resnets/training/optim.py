@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from torch import nn
 
-from .config import TrainConfig
+if TYPE_CHECKING:  # for annotations only: the config lists this module's tables as its choices
+    from .config import TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -90,7 +91,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.opt](param_groups(model, cfg.weight_decay), cfg)
 
 
-def _cosine(progress: float, cfg: TrainConfig) -> float:
+def _cosine(epoch: float, cfg: TrainConfig) -> float:
+    progress = min(1.0, (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-8))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -102,6 +104,11 @@ def _multistep(epoch: float, cfg: TrainConfig) -> float:
     return cfg.decay_rate ** sum(epoch >= m for m in cfg.decay_milestones)
 
 
+# --sched: multiplier of the base lr after the warm-up, by (fractional) epochs done
+SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {
+    "cosine": _cosine, "step": _step, "multistep": _multistep, "constant": lambda epoch, cfg: 1.0}
+
+
 def lr_factor(epochs_done: float, cfg: TrainConfig) -> float:
     """Multiplier of the base lr after `epochs_done` (fractional) epochs: linear warm-up from 1/100, then
     the schedule. A function of training progress, not of a step count, so that a run resumed with another
@@ -109,21 +116,18 @@ def lr_factor(epochs_done: float, cfg: TrainConfig) -> float:
     warmup = cfg.warmup_epochs
     if warmup > 0 and epochs_done < warmup:
         return 0.01 + 0.99 * epochs_done / warmup
-    if cfg.sched == "cosine":
-        span = max(cfg.epochs - warmup, 1e-8)
-        return _cosine(min(1.0, (epochs_done - warmup) / span), cfg)
-    if cfg.sched == "step":
-        return _step(epochs_done, cfg)
-    if cfg.sched == "multistep":
-        return _multistep(epochs_done, cfg)
-    return 1.0
+    return SCHEDULES[cfg.sched](epochs_done, cfg)
+
+
+# --scale-lr: how --lr, meant for --lr-base-batch, grows with the global batch (ratio: global / base)
+LR_SCALING: dict[str, Callable[[float], float]] = {
+    "none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}  # linear: Goyal et al. 2017
 
 
 def scaled_lr(cfg: TrainConfig, global_batch: int) -> float:
     """--lr, or with --scale-lr the lr for the global batch (batch x processes x accumulation), taking
-    --lr as the rate for --lr-base-batch: linear (Goyal et al. 2017) or square-root scaling."""
-    ratio = global_batch / cfg.lr_base_batch
-    return {"none": cfg.lr, "linear": cfg.lr * ratio, "sqrt": cfg.lr * math.sqrt(ratio)}[cfg.scale_lr]
+    --lr as the rate for --lr-base-batch: linear or square-root scaling."""
+    return cfg.lr * LR_SCALING[cfg.scale_lr](global_batch / cfg.lr_base_batch)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:

@@ -1,23 +1,64 @@
-"""What a resume state holds, how a run returns to it, and which run a torchrun restart continues."""
+"""Continuing a run: which checkpoint (--resume, or the one a failed torchrun attempt wrote), which options a
+resume may change, and how the live objects return to a checkpoint's state."""
 from __future__ import annotations
 
 import dataclasses
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
-from .checkpoint import list_resume_files, seed_everything, set_rng_state
+from ..errors import ConfigError, TrainingError
+from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, seed_everything, set_rng_state
 from .config import TrainConfig, make_config
+from .distributed import Distributed, elastic_restart_count, elastic_run_id
+from .epoch import Progress
 from .sampling import _mix
-from .steps import Progress, Run
+from .step import TrainStep
 
 # What a resumed run may change; every other option is the run's own (a changed lr or model would not be
 # the same run any more). The number of processes may change too: it is not an option.
 RESUME_OVERRIDABLE = {"epochs", "resume", "output", "device", "workers", "progress", "checkpoint_every",
                       "keep_checkpoints", "log_tensorboard", "patience", "skip_nonfinite", "max_bad_fraction",
                       "dist_timeout", "ddp_bucket_mb", "ddp_static_graph", "cache_dir", "compile", "compile_mode"}
+
+
+@dataclass
+class Resumed:
+    """The checkpoint a run continues from."""
+
+    run_dir: Path
+    file: Path
+    state: dict[str, Any]
+
+    def config(self, cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
+        """The run's own options, with the explicitly given ones a resume may change (see `resumed_config`)."""
+        resumed = resumed_config(cfg, self.state, explicit)
+        if self.state["progress"]["epoch"] > resumed.epochs:
+            raise TrainingError(f"{self.run_dir} has already trained {self.state['progress']['epoch'] - 1} epochs; "
+                                f"raise --epochs to train on")
+        return resumed
+
+
+def locate_resume(cfg: TrainConfig, ctx: Distributed) -> Resumed | None:
+    """What to continue from: --resume, or after a torchrun restart the run the failed attempt wrote. Rank 0
+    picks (and warns about damaged files); the other ranks load the file it names."""
+    def pick() -> Resumed | None:
+        target = cfg.resume
+        if target is None and elastic_restart_count() > 0:
+            found = elastic_restart_target(cfg.output, elastic_run_id())
+            target = str(found) if found else None
+            print(f"torchrun restart {elastic_restart_count()}: "
+                  f"{f'resuming {found}' if found else 'no checkpoint of the failed attempt, starting afresh'}",
+                  file=sys.stderr)
+        return Resumed(*find_checkpoint(target, cfg.output)) if target is not None else None
+
+    picked = ctx.on_main(pick, share=lambda r: dataclasses.replace(r, state={}) if r else None)
+    if picked is not None and not ctx.is_main:
+        picked.state = load_checkpoint(picked.file)
+    return picked
 
 
 def resumed_config(cfg: TrainConfig, state: dict[str, Any], explicit: set[str]) -> TrainConfig:
@@ -34,44 +75,47 @@ def resumed_config(cfg: TrainConfig, state: dict[str, Any], explicit: set[str]) 
     return dataclasses.replace(saved, **keep).resolved()
 
 
-def resume_state(run: Run, progress: Progress, history: list[dict[str, Any]], cfg: TrainConfig,
-                 class_names: list[str], rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    return dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
-                ema=run.ema.state_dict() if run.ema is not None else None, epoch=progress.epoch,
-                batch_in_epoch=progress.batch_in_epoch, global_step=progress.global_step,
+def checkpoint_state(step: TrainStep, progress: Progress, history: list[dict[str, Any]], cfg: TrainConfig,
+                     class_names: list[str], rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a checkpoint holds: plain tensors and primitives only."""
+    return dict(model=step.model.state_dict(), optimizer=step.optimizer.state_dict(),
+                scaler=step.scaler.state_dict(), ema=step.ema.state_dict() if step.ema is not None else None,
+                epoch=progress.epoch, batch_in_epoch=progress.batch_in_epoch, global_step=progress.global_step,
                 progress=dataclasses.asdict(progress), history=history, config=cfg.to_dict(),
-                class_names=list(class_names), world_size=run.dist.world_size, global_batch=run.global_batch,
-                rng=rng_per_rank[0], rng_per_rank=rng_per_rank)
+                class_names=list(class_names), world_size=step.dist.world_size,
+                global_batch=step.dist.world_size * cfg.batch_size, rng=rng_per_rank[0], rng_per_rank=rng_per_rank)
 
 
-def restore(run: Run, state: dict[str, Any], seed: int) -> Progress:
-    """Model, optimizer, scaler, EMA and RNG of `state` into `run`; the progress to go on from."""
-    run.model.load_state_dict(state["model"])
+def restore(step: TrainStep, state: dict[str, Any], cfg: TrainConfig) -> Progress:
+    """Model, optimizer, scaler, EMA and RNG of `state` into `step`; the progress to go on from."""
+    step.model.load_state_dict(state["model"])
     # How to step is this machine's choice, not the saved one's; set before loading, since loading places
     # Adam's step counters on the parameters' device only for groups that say fused
-    mine = {k: run.optimizer.defaults[k] for k in ("fused", "foreach") if k in run.optimizer.defaults}
+    mine = {k: step.optimizer.defaults[k] for k in ("fused", "foreach") if k in step.optimizer.defaults}
     saved = state["optimizer"]
-    run.optimizer.load_state_dict({**saved, "param_groups": [{**g, **mine} for g in saved["param_groups"]]})
+    step.optimizer.load_state_dict({**saved, "param_groups": [{**g, **mine} for g in saved["param_groups"]]})
     if state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    if run.ema is not None and state.get("ema"):
-        run.ema.load_state_dict(state["ema"])
+        step.scaler.load_state_dict(state["scaler"])
+    if step.ema is not None and state.get("ema"):
+        step.ema.load_state_dict(state["ema"])
     progress = Progress(**state["progress"])
+    ctx = step.dist
     per_rank = state.get("rng_per_rank") or [state["rng"]]
-    if len(per_rank) == run.dist.world_size:
-        set_rng_state(per_rank[run.dist.rank])
+    if len(per_rank) == ctx.world_size:
+        set_rng_state(per_rank[ctx.rank])
     else:
         # Another number of processes: the RNG streams (dropout, mixup) cannot continue one to one; each
         # rank starts a fresh stream that is still a function of the run's seed and position.
-        seed_everything(_mix(seed, run.dist.rank, progress.global_step))
-    if state.get("global_batch") not in (None, run.global_batch):
-        progress.batch_in_epoch = progress.samples_in_epoch // run.global_batch
+        seed_everything(_mix(cfg.seed, ctx.rank, progress.global_step))
+    global_batch = cfg.batch_size * ctx.world_size
+    if state.get("global_batch") not in (None, global_batch):
+        progress.batch_in_epoch = progress.samples_in_epoch // global_batch
     return progress
 
 
 def elastic_restart_target(output: str | Path, run_id: str | None) -> Path | None:
-    """The run directory that an earlier attempt of this torchrun job (same run id) wrote a resume state
-    to, newest first; None when it wrote none (the restart then starts afresh)."""
+    """The run folder that an earlier attempt of this torchrun job (same run id) wrote a checkpoint to, newest
+    first; None when it wrote none (the restart then starts afresh)."""
     if not run_id:
         return None
     found = []
@@ -80,8 +124,7 @@ def elastic_restart_target(output: str | Path, run_id: str | None) -> Path | Non
             saved = yaml.safe_load(config.read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
-        files = list_resume_files(config.parent)
+        files = list_checkpoints(config.parent)
         if isinstance(saved, dict) and saved.get("elastic_run_id") == run_id and files:
             found.append((files[-1].stat().st_mtime, config.parent))
     return max(found)[1] if found else None
-

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ResnetsError
-from ..fileio import atomic_write_bytes, check_writable
-from .common import class_names_of, files_read, refuse_overwrite
+from ..device import resolve_device
+from ..errors import ConfigError, ExportError, ResnetsError
+from ..fileio import atomic_write_bytes
+from ..messages import first_line
+from .outputs import check_output
 
 FORMATS = ("onnx", "pt2")
 METADATA_KEY = "resnets"  # same key as inside our safetensors files
@@ -28,10 +30,6 @@ EXPORT_BATCH, CHECK_BATCH = 2, 3  # batch 1 would be specialised by torch.export
 MAX_BATCH = 4096
 ONNX_MIN_OPSET = 18  # the torch.export-based exporter's lowest; below it, it tries a conversion that fails on Pad
 RTOL = 1e-4  # of the largest eager logit: float32 kernels of ORT/inductor reorder sums
-
-
-class ExportError(ResnetsError):
-    """The exporter failed, or the exported model does not compute what the eager model does."""
 
 
 @dataclass
@@ -47,9 +45,9 @@ class ExportResult:
 
 def export_metadata(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Any]:
     """What a deployment needs beside the graph: classes and the preprocessing the graph expects."""
-    data_cfg = {**model.pretrained_cfg, "input_size": list(input_size)}
-    return {"architecture": getattr(model, "arch_name", None), "num_classes": model.num_classes,
-            "class_names": class_names_of(model), "pretrained_cfg": data_cfg,
+    pretrained_cfg = model.pretrained_cfg.replace(input_size=input_size).to_dict()
+    return {"architecture": model.arch_name, "num_classes": model.num_classes,
+            "class_names": model.labels(), "pretrained_cfg": pretrained_cfg,
             "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "output": "logits (softmax not applied)"}
 
 
@@ -87,7 +85,7 @@ def _run_onnx(data: bytes, x: torch.Tensor) -> np.ndarray:
     except ImportError:
         raise ConfigError("checking an ONNX export needs the onnxruntime package") from None
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy()})[0]
 
 
 def _pt2_bytes(model: nn.Module, example: torch.Tensor, meta: dict[str, Any], opset: int | None) -> bytes:
@@ -102,7 +100,7 @@ def _pt2_bytes(model: nn.Module, example: torch.Tensor, meta: dict[str, Any], op
 def _run_pt2(data: bytes, x: torch.Tensor) -> np.ndarray:
     program = torch.export.load(io.BytesIO(data))
     with torch.inference_mode():
-        return program.module()(x).numpy()
+        return program.module()(x).cpu().numpy()
 
 
 EXPORTERS: dict[str, tuple[Callable[..., bytes], Callable[[bytes, torch.Tensor], np.ndarray]]] = {
@@ -111,14 +109,14 @@ EXPORTERS: dict[str, tuple[Callable[..., bytes], Callable[[bytes, torch.Tensor],
 }
 
 
-def check_output_path(output: str | Path, format: str, checkpoint: str | Path | None = None) -> None:
-    """Refuse, before exporting, an `output` that is the checkpoint, cannot be written, or is not `*.<format>`.
+def check_export_output(output: str | Path, format: str, weights: str | Path | None = None) -> None:
+    """Refuse, before exporting, an `output` that is the weights file, cannot be written, or is not
+    `*.<format>`.
 
     `read_export_metadata` (and people) pick the reader by the extension: ONNX bytes in a .pt2 file read as a
     broken .pt2. Requiring `.<format>` also means an export never replaces a .safetensors, .pt or .pth file.
     """
-    refuse_overwrite([output], files_read(checkpoint))
-    check_writable(output, "--output")
+    check_output(output, weights)
     suffix = Path(output).suffix.lower()
     if suffix != f".{format}":
         named = next((f for f in FORMATS if suffix == f".{f}"), None)
@@ -128,46 +126,49 @@ def check_output_path(output: str | Path, format: str, checkpoint: str | Path | 
 
 
 def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, img_size: int | None = None,
-                 opset: int | None = None, rtol: float = RTOL, checkpoint: str | Path | None = None,
-                 ) -> ExportResult:
-    """Export `model` (on the CPU, eval mode) to `output`, verify it, then write it.
+                 opset: int | None = None, rtol: float = RTOL, weights: str | Path | None = None,
+                 device: str | None = "cpu") -> ExportResult:
+    """Export `model` (in eval mode, traced on `device`) to `output`, verify it, then write it.
 
     Args:
         format: "onnx" or "pt2"; `output` must end in ".onnx" or ".pt2" to match.
-        img_size: square input size of the graph (default: the checkpoint's preprocessing size).
+        img_size: square input size of the graph (default: the model's preprocessing size).
         opset: ONNX opset (default: the exporter's).
         rtol: largest allowed |exported - eager| as a share of the largest |eager| logit.
-        checkpoint: what `model` was loaded from, which `output` must not replace.
+        weights: the file `model` was loaded from, which `output` must not replace.
+        device: where the model is traced and the check runs ("auto", "cpu", "cuda"; ONNX is checked with
+            onnxruntime on the CPU).
     """
     if format not in EXPORTERS:
         raise ConfigError(f"format {format!r} is not one of {', '.join(FORMATS)}")
-    check_output_path(output, format, checkpoint)
+    check_export_output(output, format, weights)
+    dev = resolve_device(device)
     build, run = EXPORTERS[format]
-    chans, height, width = model.pretrained_cfg["input_size"]
+    chans, height, width = model.pretrained_cfg.input_size
     if img_size is not None:
         if img_size < 1:
             raise ConfigError(f"--img-size must be positive, got {img_size}")
         height = width = img_size
     input_size = (int(chans), int(height), int(width))
-    model = model.cpu().eval()
+    model = model.to(dev).eval()
     meta = export_metadata(model, input_size)
     gen = torch.Generator().manual_seed(0)
-    example = torch.randn(EXPORT_BATCH, *input_size, generator=gen)
+    example = torch.randn(EXPORT_BATCH, *input_size, generator=gen).to(dev)
     try:
         data = build(model, example, meta, opset)
     except ResnetsError:
         raise
     except Exception as e:  # the exporters raise many types; to a user each means "this did not export"
-        raise ExportError(f"{format} export failed: {type(e).__name__}: {_first_line(e)}") from e
+        raise ExportError(f"{format} export failed: {type(e).__name__}: {first_line(e)}") from e
 
-    x = torch.randn(CHECK_BATCH, *input_size, generator=gen)
+    x = torch.randn(CHECK_BATCH, *input_size, generator=gen).to(dev)
     with torch.inference_mode():
-        expected = model(x).numpy()
+        expected = model(x).cpu().numpy()
     try:
         actual = run(data, x)
     except Exception as e:
         raise ExportError(f"the exported {format} model does not run at batch {CHECK_BATCH}: "
-                          f"{type(e).__name__}: {_first_line(e)}") from e
+                          f"{type(e).__name__}: {first_line(e)}") from e
     if actual.shape != expected.shape:
         raise ExportError(f"the exported model gives shape {actual.shape} at batch {CHECK_BATCH}, "
                           f"the eager model {expected.shape}")
@@ -192,7 +193,3 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     return json.loads(props[METADATA_KEY])
 
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return text[:limit] + ("..." if len(text) > limit else "")

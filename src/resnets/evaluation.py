@@ -1,13 +1,15 @@
-"""The training loop as two plain functions, in the manner of torchvision's reference scripts."""
+"""Evaluating a model over a loader: loss, top-1/top-5 and every prediction. Training validates with it each
+epoch; `resnets eval` reports with it."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .device import autocast
 
 
 @dataclass
@@ -31,14 +33,6 @@ class EvalResult:
     @property
     def top5(self) -> float:
         return 100.0 * self.correct5 / self.num_samples
-
-
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA (and bf16 on CPU when asked); a no-op for "off"."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = (1, 5)) -> torch.Tensor:
@@ -71,7 +65,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str 
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        with autocast_context(device, amp):
+        with autocast(device, amp):
             logits = model(images)
         logits = logits.float()
         sums[0] += F.cross_entropy(logits, labels, reduction="sum")

@@ -1,4 +1,4 @@
-"""`resnets predict`: top-k classes of image files, with preprocessing rebuilt from the checkpoint alone."""
+"""`resnets predict`: top-k classes of image files, with preprocessing and class names from the weights alone."""
 from __future__ import annotations
 
 import csv
@@ -10,12 +10,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..data import eval_transform
+from ..data.transforms import eval_transform
+from ..device import resolve_device
 from ..errors import ConfigError
-from ..fileio import check_writable
-from ..models.inference import for_inference
-from .common import (Warn, batched, class_names_of, files_read, read_images, refuse_overwrite, require_some,
-                     resolve_device, warn_stderr)
+from ..messages import Warn, warn
+from .fold import for_inference
+from .images import batched, read_images, require_some
 
 DEFAULT_TOPK = 5
 
@@ -36,22 +36,15 @@ def check_topk(topk: int | None, num_classes: int) -> int:
     return topk
 
 
-def check_output_path(output: str | Path, checkpoint: str | Path, paths: Sequence[str | Path]) -> None:
-    """Refuse, before the model is loaded, an --output that is the checkpoint or an input image (the CSV
-    would take its place), or that cannot be written."""
-    check_writable(output, "--output")
-    refuse_overwrite([output], files_read(checkpoint, paths))
-
-
 def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int | None = None,
-                   batch_size: int = 32, device: str | None = None, warn: Warn = warn_stderr) -> list[Prediction]:
+                   batch_size: int = 32, device: str | None = None, warn: Warn = warn) -> list[Prediction]:
     """Top-k predictions for every readable image among `paths` (files or folders), in input order.
 
     Unreadable files are skipped through `warn`; DataError when no image could be read.
     """
     k = check_topk(topk, model.num_classes)
     dev = resolve_device(device)
-    names = class_names_of(model)
+    names = model.labels()
     transform = eval_transform(model.pretrained_cfg)
     model.eval().to(dev)  # outside inference mode, so the model stays usable for training or Grad-CAM
     forward = model

@@ -15,13 +15,19 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from torch import nn
 
-from ..data import eval_transform, list_images
+from ..data.transforms import eval_transform
+from ..data.walk import list_images
+from ..device import resolve_device
 from ..errors import ConfigError
 from ..fileio import atomic_write, check_writable
-from .common import (Warn, batched, class_names_of, files_read, read_images, refuse_overwrite, require_some,
-                     resolve_device, warn_stderr)
+from ..messages import Warn, warn
+from ..models.pretrained_cfg import PretrainedCfg
+from .images import batched, read_images, require_some
+from .outputs import files_read, refuse_overwrite
 
 CAM_ALPHA = 0.45  # heatmap opacity over the image
 
@@ -34,21 +40,14 @@ class CamResult:
     predicted: list[int]  # the model's top-1 class
 
 
-def stage_names(model: nn.Module) -> list[str]:
-    return [info["module"] for info in getattr(model, "feature_info", [])]
-
-
 def default_layer(model: nn.Module) -> str:
-    names = stage_names(model)
-    if not names:
-        raise ConfigError("the model lists no stages (feature_info); pass --layer NAME")
-    return names[-1]  # layer4, or layer3 for the CIFAR ResNets
+    return model.stage_names[-1]  # layer4, or layer3 for the CIFAR ResNets
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules or name == "":
-        raise ConfigError(f"model has no module {name!r}; its stages are {', '.join(stage_names(model))} "
+        raise ConfigError(f"model has no module {name!r}; its stages are {', '.join(model.stage_names)} "
                           f"(any module name works, e.g. layer2.0.conv1)")
     return modules[name]
 
@@ -66,7 +65,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str | None = None,
         if not torch.is_tensor(output) or output.ndim != 4:
             shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
             raise ConfigError(f"layer {name!r} gives {shape}, not a (B, C, H, W) feature map; "
-                              f"try one of {', '.join(stage_names(model))}")
+                              f"try one of {', '.join(model.stage_names)}")
         saved["activations"] = output
         output.register_hook(lambda grad: saved.__setitem__("gradients", grad))
         # Hand the rest of the network a copy: an in-place op downstream (ReLU(inplace=True), `out += x`)
@@ -94,10 +93,10 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str | None = None,
     return CamResult((cam / peak).clamp(0, 1).cpu(), target.tolist(), probs.tolist(), predicted.tolist())
 
 
-def denormalize(image: torch.Tensor, data_cfg: dict) -> np.ndarray:
+def denormalize(image: torch.Tensor, pretrained_cfg: PretrainedCfg) -> np.ndarray:
     """A normalised (C, H, W) input back to an (H, W, 3) float image in [0, 1] for display."""
-    mean = torch.tensor(data_cfg["mean"], dtype=image.dtype)[:, None, None]
-    std = torch.tensor(data_cfg["std"], dtype=image.dtype)[:, None, None]
+    mean = torch.tensor(pretrained_cfg.mean, dtype=image.dtype)[:, None, None]
+    std = torch.tensor(pretrained_cfg.std, dtype=image.dtype)[:, None, None]
     rgb = (image.cpu() * std + mean).clamp(0, 1)
     if rgb.shape[0] == 1:
         rgb = rgb.expand(3, -1, -1)
@@ -106,9 +105,6 @@ def denormalize(image: torch.Tensor, data_cfg: dict) -> np.ndarray:
 
 def save_cam_figure(rgb: np.ndarray, heatmap: np.ndarray, title: str, path: str | Path, dpi: int = 100) -> Path:
     """Two panels: the model's input, and the heatmap (jet colormap) blended over it."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-
     overlay = (1 - CAM_ALPHA) * rgb + CAM_ALPHA * colormaps["jet"](heatmap)[..., :3]
     overlay = overlay.clip(0, 1)  # rounding can end a hair above 1: imshow would warn "Clipping input data"
     fig = Figure(figsize=(8, 4.4), dpi=dpi, layout="constrained")
@@ -129,35 +125,34 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def output_paths(files: Sequence[Path], output_dir: str | Path, checkpoint: str | Path | None = None,
+def output_paths(files: Sequence[Path], output_dir: str | Path, weights: str | Path | None = None,
                  ) -> dict[Path, Path]:
     """The PNG each input image gets in `output_dir`, refused (ConfigError) if one would replace an input
-    image or the checkpoint: `a.png` and `a_cam.png` side by side, written into their own folder."""
+    image or the weights file: `a.png` and `a_cam.png` side by side, written into their own folder."""
     used: set[str] = set()
     pngs = {file: Path(output_dir) / _output_name(file, used) for file in files}
     if pngs:  # all go into one folder: one file tells whether it can be written
         check_writable(next(iter(pngs.values())), "--output")
-    refuse_overwrite(pngs.values(), files_read(checkpoint, files), "Grad-CAM image",
+    refuse_overwrite(pngs.values(), files_read(weights, files), "Grad-CAM image",
                      "choose another --output folder")
     return pngs
 
 
 def cam_images(model: nn.Module, paths: Sequence[str | Path], output_dir: str | Path, *, layer: str | None = None,
                class_index: int | None = None, batch_size: int = 16, device: str | None = None,
-               warn: Warn = warn_stderr, checkpoint: str | Path | None = None) -> list[tuple[Path, CamResult]]:
+               warn: Warn = warn, weights: str | Path | None = None) -> list[tuple[Path, CamResult]]:
     """Write `<name>_cam.png` into `output_dir` for each readable image; returns (png, 1-image result) pairs.
 
-    `checkpoint`, what `model` was loaded from, is refused as an output like the images are.
+    `weights`, the file `model` was loaded from, is refused as an output like the images are.
     """
     name = layer or default_layer(model)
     find_layer(model, name)  # fail on a wrong name before reading any image
     inputs = list(dict.fromkeys(list_images(paths)))  # an image named twice (its folder, and itself): one PNG
-    pngs = output_paths(inputs, output_dir, checkpoint)
+    pngs = output_paths(inputs, output_dir, weights)
     dev = resolve_device(device)
     model.to(dev)
-    names = class_names_of(model)
-    data_cfg = model.pretrained_cfg
-    transform = eval_transform(data_cfg)
+    names = model.labels()
+    transform = eval_transform(model.pretrained_cfg)
     written: list[tuple[Path, CamResult]] = []
     for files, images in batched(read_images(inputs, transform, warn), batch_size):
         result = grad_cam(model, images.to(dev), name, class_index)
@@ -165,7 +160,7 @@ def cam_images(model: nn.Module, paths: Sequence[str | Path], output_dir: str | 
             c, p = result.class_indices[i], result.probabilities[i]
             shown = "predicted" if c == result.predicted[i] else f"predicted {names[result.predicted[i]]}; shown"
             title = f"{file.name}: {shown} {names[c]} (p={p:.3f}), {name}"
-            png = save_cam_figure(denormalize(images[i], data_cfg), result.heatmaps[i].numpy(), title, pngs[file])
+            png = save_cam_figure(denormalize(images[i], model.pretrained_cfg), result.heatmaps[i].numpy(), title, pngs[file])
             single = CamResult(result.heatmaps[i:i + 1], [c], [p], [result.predicted[i]])
             written.append((png, single))
     require_some(len(written), list(paths))

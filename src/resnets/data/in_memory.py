@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,18 +32,20 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from ..caches import default_cache_dir
+from ..device import to_device
 from ..errors import ConfigError
 from ..fileio import atomic_write_to
+from ..models.pretrained_cfg import PretrainedCfg
 from .bad_files import BadFiles, collate_skipping
-from .transforms import SMALL_IMAGE, DeviceNormalize, _interpolation, image_size, to_device
+from .transforms import INTERPOLATION, SMALL_IMAGE, DeviceNormalize, image_size
 
 STORE_FORMAT = 1  # part of every cache key: a change of how images are stored invalidates old caches
 
 
-def store_size(data_cfg: dict[str, Any], img_size: int | None = None) -> int:
+def store_size(pretrained_cfg: PretrainedCfg, img_size: int | None = None) -> int:
     """Side of the stored squares: the training size for small images (pad-crop), else size / crop_pct."""
-    size = image_size(data_cfg, img_size)
-    return size if size <= SMALL_IMAGE else int(math.floor(size / float(data_cfg.get("crop_pct", 1.0))))
+    size = image_size(pretrained_cfg, img_size)
+    return size if size <= SMALL_IMAGE else int(math.floor(size / pretrained_cfg.crop_pct))
 
 
 @dataclass
@@ -59,10 +61,10 @@ class ImageStore:
         return ImageStore(self.images.to(device), self.labels.to(device), self.broken)
 
 
-def build_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], workers: int = 0) -> ImageStore:
+def build_store(dataset: Dataset, side: int, pretrained_cfg: PretrainedCfg, workers: int = 0) -> ImageStore:
     """Decode every item of `dataset` (an ImageFiles or TensorImages) once, at `side` x `side`."""
     stored = copy.copy(dataset)  # the same items, stored rather than augmented
-    stored.transform = v2.Compose([v2.ToImage(), v2.Resize(side, interpolation=_interpolation(data_cfg),  # type: ignore[attr-defined]
+    stored.transform = v2.Compose([v2.ToImage(), v2.Resize(side, interpolation=INTERPOLATION[pretrained_cfg.interpolation],  # type: ignore[attr-defined]
                                                            antialias=True), v2.CenterCrop(side)])
     loader = DataLoader(stored, batch_size=256, num_workers=workers, collate_fn=collate_skipping)
     images, labels, broken = [], [], {}
@@ -76,9 +78,9 @@ def build_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], workers: 
     return ImageStore(torch.cat(images).contiguous(), torch.cat(labels).long(), broken)
 
 
-def cache_key(samples: list[tuple[str, int]], side: int, data_cfg: dict[str, Any]) -> str:
+def cache_key(samples: list[tuple[str, int]], side: int, pretrained_cfg: PretrainedCfg) -> str:
     """Digest of what a stored folder depends on: every file's path, size and mtime, labels, size, resize."""
-    h = hashlib.sha256(json.dumps([STORE_FORMAT, side, data_cfg.get("interpolation", "bilinear")]).encode())
+    h = hashlib.sha256(json.dumps([STORE_FORMAT, side, pretrained_cfg.interpolation]).encode())
     for path, label in samples:
         try:
             st = os.stat(path)
@@ -88,13 +90,13 @@ def cache_key(samples: list[tuple[str, int]], side: int, data_cfg: dict[str, Any
     return h.hexdigest()
 
 
-def cached_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], cache_dir: str | Path | None,
+def cached_store(dataset: Dataset, side: int, pretrained_cfg: PretrainedCfg, cache_dir: str | Path | None,
                  workers: int = 0) -> tuple[ImageStore, Path | None, bool]:
     """(store, cache file, whether it was built now). In-memory datasets are not cached (nothing to decode)."""
     samples = getattr(dataset, "samples", None)
     if samples is None:
-        return build_store(dataset, side, data_cfg, workers), None, True
-    path = Path(cache_dir or default_cache_dir()) / f"store-{cache_key(samples, side, data_cfg)[:40]}.safetensors"
+        return build_store(dataset, side, pretrained_cfg, workers), None, True
+    path = Path(cache_dir or default_cache_dir()) / f"store-{cache_key(samples, side, pretrained_cfg)[:40]}.safetensors"
     if path.is_file():
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -103,7 +105,7 @@ def cached_store(dataset: Dataset, side: int, data_cfg: dict[str, Any], cache_di
             return store, path, False
         except (SafetensorError, OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt, never trusted
-    store = build_store(dataset, side, data_cfg, workers)
+    store = build_store(dataset, side, pretrained_cfg, workers)
     atomic_write_to(path, lambda tmp: save_file({"images": store.images, "labels": store.labels}, tmp,
                                                 metadata={"broken": json.dumps(store.broken)}))
     return store, path, True
@@ -115,10 +117,10 @@ class DeviceAugment:
     Crops interpolate the pixel values as they are (0-255; interpolation is linear, so scaling commutes with
     it) and `DeviceNormalize`'s one affine step at the end maps them as it maps the file pipeline's batches."""
 
-    def __init__(self, data_cfg: dict[str, Any], size: int, hflip: float):
+    def __init__(self, pretrained_cfg: PretrainedCfg, size: int, hflip: float):
         self.size, self.hflip = size, hflip
         self.small = size <= SMALL_IMAGE
-        self.normalize = DeviceNormalize(data_cfg)
+        self.normalize = DeviceNormalize(pretrained_cfg)
 
     def __call__(self, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         x = batch.float()

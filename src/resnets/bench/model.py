@@ -7,6 +7,7 @@ inside the timed loop) and from the wall clock on the CPU.
 from __future__ import annotations
 
 import contextlib
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,10 +15,19 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+import torchvision
+import yaml
 from torch import nn
 
-from .caches import COMPILE_MODES, CUDA_GRAPH_MODES, compile_mode_arg, keep_compile_cache
-from .errors import ConfigError
+from ..analysis.flops import count_macs, meta_model
+from ..caches import COMPILE_MODES, CUDA_GRAPH_MODES, compile_mode_arg, keep_compile_cache
+from ..device import AMP_DTYPES, autocast, resolve_device
+from ..errors import ConfigError
+from ..inference.fold import fold_batchnorm, for_inference
+from ..models import create_model
+from ..models.resnet import check_img_size
+from ..training.config import TrainConfig
+from ..training.step import compile_step, make_train_step
 
 REFERENCE_LIBS = ("torchvision", "timm")
 
@@ -56,14 +66,12 @@ class BenchResult:
 def reference_model(lib: str, name: str, num_classes: int) -> nn.Module:
     """The same architecture from torchvision or timm (randomly initialised), or ConfigError."""
     if lib == "torchvision":
-        import torchvision
-
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise ConfigError(f"torchvision has no {name}")
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if lib == "timm":
         try:
-            import timm
+            import timm  # a test extra, not a requirement
         except ImportError:
             raise ConfigError("--compare timm needs timm installed (pip install timm)") from None
         if name not in timm.list_models(name):
@@ -94,61 +102,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(device: torch.device, amp: str):
-    from .training.loop import autocast_context
-
-    return autocast_context(device, amp)
-
-
-def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """One training or inference step. `fused` picks resnets' step, the trainer's: the fused SGD kernel (one
-    launch for all parameters) for training; for inference, BN folded into the convs (on CUDA under
-    torch.compile, with bf16 weights; on the CPU in fp32)."""
+def make_step(model: nn.Module, s: BenchSettings, device: torch.device, ours: bool,
+              ) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """One training or inference step. `ours`: resnets' own, for training the trainer's `TrainStep` itself (fused
+    SGD, the non-finite guard, the step's statistics); for inference predict's path, BN folded into the convs
+    (on CUDA under torch.compile, with bf16 weights; on the CPU in fp32). Otherwise the loop of torchvision's
+    reference script: SGD, autocast, cross-entropy, backward, step."""
     if s.mode == "infer":
-        model.eval()
-        low_precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.amp)
-        # resnets' inference path folds BN into the convs: on CUDA only under torch.compile (in eager mode the
-        # folded convs measured 5-12% slower than conv + BN on an H100: bf16, channels_last, cuDNN's
-        # conv-with-bias path), with the weights stored in bf16 once so that autocast does not re-cast every
-        # weight on every call; elsewhere in fp32 by predict's and eval's own rule (`for_inference`).
-        # Folding writes new (contiguous) weights: they go back to the input's memory format, or cuDNN
-        # converts layouts on every call (measured 10% slower on an H100).
-        memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
-        cast = fused and device.type == "cuda" and low_precision is not None and s.compile != "off"
-        if cast:
-            from .models.inference import fold_batchnorm
-
-            model = fold_batchnorm(model).to(low_precision, memory_format=memory_format)
-        elif fused and low_precision is None:
-            from .models.inference import for_inference
-
-            model = for_inference(model, device).to(memory_format=memory_format)
-        forward = torch.compile(model, mode=compile_mode_arg(s.compile)) if s.compile != "off" else model
-
-        def infer(x: torch.Tensor, y: torch.Tensor) -> None:
-            if cast:
-                with torch.inference_mode():
-                    forward(x.to(low_precision))
-            else:
-                with torch.inference_mode(), _autocast(device, s.amp):
-                    forward(x)
-
-        return infer
-
+        return _infer_step(model, s, device, ours)
+    if ours:
+        return _trainer_step(model, s, device)
     model.train()
-    from .training.optim import fused_optimizer
-
-    opt_kwargs: dict[str, Any] = dict(lr=0.1, momentum=0.9, weight_decay=5e-5)
-    optimizer = (fused_optimizer(torch.optim.SGD, model.parameters(), **opt_kwargs) if fused
-                 else torch.optim.SGD(model.parameters(), **opt_kwargs))
-    forward = model
-    if s.compile != "off":
-        forward = torch.compile(model, mode=compile_mode_arg(s.compile))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
+    forward = torch.compile(model, mode=compile_mode_arg(s.compile)) if s.compile != "off" else model
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
         if s.compile in CUDA_GRAPH_MODES:  # as the trainer: a new step, the graphs may reuse the last one's memory
             torch.compiler.cudagraph_mark_step_begin()
-        with _autocast(device, s.amp):
+        with autocast(device, s.amp):
             loss = F.cross_entropy(forward(x), y)
         loss.backward()
         optimizer.step()
@@ -157,10 +128,50 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, fused: b
     return train_step
 
 
+def _trainer_step(model: nn.Module, s: BenchSettings, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """`resnets train`'s step with the same SGD settings as the reference loop (momentum 0.9, lr 0.1)."""
+    model.train()
+    compiled = s.compile != "off"
+    cfg = TrainConfig(opt="sgd", lr=0.1, momentum=0.9, weight_decay=5e-5, batch_size=s.batch_size, compile=compiled,
+                      compile_mode=s.compile if compiled else "default")
+    step = make_train_step(model, cfg, model.pretrained_cfg, device, s.amp, s.channels_last)
+    if compiled:
+        compile_step(step, cfg)
+    return step
+
+
+def _infer_step(model: nn.Module, s: BenchSettings, device: torch.device, ours: bool,
+                ) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    model.eval()
+    low_precision = AMP_DTYPES[s.amp]
+    # resnets' inference path folds BN into the convs: on CUDA only under torch.compile (in eager mode the
+    # folded convs measured 5-12% slower than conv + BN on an H100: bf16, channels_last, cuDNN's
+    # conv-with-bias path), with the weights stored in bf16 once so that autocast does not re-cast every
+    # weight on every call; elsewhere in fp32 by predict's and eval's own rule (`for_inference`).
+    # Folding writes new (contiguous) weights: they go back to the input's memory format, or cuDNN
+    # converts layouts on every call (measured 10% slower on an H100).
+    memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+    cast = ours and device.type == "cuda" and low_precision is not None and s.compile != "off"
+    if cast:
+        model = fold_batchnorm(model).to(low_precision, memory_format=memory_format)
+    elif ours and low_precision is None:
+        model = for_inference(model, device).to(memory_format=memory_format)
+    forward = torch.compile(model, mode=compile_mode_arg(s.compile)) if s.compile != "off" else model
+
+    def infer(x: torch.Tensor, y: torch.Tensor) -> None:
+        if cast:
+            with torch.inference_mode():
+                forward(x.to(low_precision))
+        else:
+            with torch.inference_mode(), autocast(device, s.amp):
+                forward(x)
+
+    return infer
+
+
 def parse_inductor_settings(items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings (VALUE read as YAML: true, 8, 0.5, text) -> torch._inductor.config changes."""
-    import yaml
-    from torch._inductor import config
+    from torch._inductor import config  # seconds to import: only when a setting is given
 
     changes: dict[str, Any] = {}
     for item in items:
@@ -225,12 +236,9 @@ def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str,
 
 
 def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
-    from .analysis.flops import check_img_size, count_macs, meta_model
-    from .models import create_model
-
     if s.mode not in ("train", "infer"):
         raise ConfigError(f"mode {s.mode!r} is not train or infer")
-    if s.amp not in ("bf16", "fp16", "off"):
+    if s.amp not in AMP_DTYPES:
         raise ConfigError(f"amp {s.amp!r} is not bf16, fp16 or off")
     if s.compile not in ("off", *COMPILE_MODES):
         raise ConfigError(f"compile {s.compile!r} is not off or one of {', '.join(COMPILE_MODES)}")
@@ -238,12 +246,10 @@ def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
         raise ConfigError("batch-size, steps and rounds must be >= 1, warmup >= 0")
     if s.compile != "off":
         keep_compile_cache()  # the warm-up column then shows a first run's compilation, later runs' cache reads
-    from .tasks.common import resolve_device
-
     device = resolve_device(s.device)
 
     shapes = meta_model(s.model, num_classes=s.num_classes)
-    size = shapes.pretrained_cfg["input_size"][-1] if s.img_size is None else s.img_size
+    size = shapes.pretrained_cfg.input_size[-1] if s.img_size is None else s.img_size
     check_img_size(shapes, size)
     macs, _ = count_macs(shapes, (3, size, size))
     flops_per_image = macs * 2 * (3 if s.mode == "train" else 1)
@@ -261,7 +267,7 @@ def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
     for name, build in builders.items():
         torch.manual_seed(0)
         model = build().to(device, memory_format=memory_format)
-        step = make_step(model, s, device, fused=name == "resnets")
+        step = make_step(model, s, device, ours=name == "resnets")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
@@ -314,8 +320,6 @@ def _time_steps(step: Callable, x: torch.Tensor, y: torch.Tensor, n: int, device
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 

@@ -17,7 +17,14 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from .errors import ConfigError
+from ..data.bad_files import BadFiles, SkipUnreadable, collate_skipping
+from ..data.datasets import load_splits
+from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
+from ..data.in_memory import DeviceAugment, DeviceLoader, cached_store, store_size
+from ..data.transforms import DeviceNormalize, train_transform
+from ..errors import ConfigError
+from ..models import get_config
+from ..training.sampling import EpochSampler
 
 
 def _rate(batches: Iterable, count: int, device: torch.device, consume: Callable | None = None,
@@ -43,20 +50,11 @@ def _rate(batches: Iterable, count: int, device: torch.device, consume: Callable
 def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_size: int, img_size: int | None,
                    steps: int, workers: int, step: Callable[[torch.Tensor, torch.Tensor], None],
                    warmup: int, log: Callable[[str], None], channels_last: bool = False) -> list[dict[str, Any]]:
-    from .data import load_splits, train_transform
-    from .data.bad_files import BadFiles, SkipUnreadable, collate_skipping
-    from .data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
-    from .data.resident import DeviceAugment, DeviceLoader, cached_store, store_size
-    from .data.transforms import DeviceNormalize, image_size
-    from .models import get_config
-    from .training.sampling import EpochSampler
-
-    data_cfg = dict(get_config(model_name).data_config())
-    size = image_size(data_cfg, img_size)
-    data_cfg["input_size"] = (3, size, size)
+    pretrained_cfg = get_config(model_name).default_pretrained_cfg().with_img_size(img_size)
+    size = pretrained_cfg.input_size[-1]
     splits = load_splits("folder", data_dir, val_fraction=0.2, seed=0,
-                         train_transform=train_transform(data_cfg, size, normalize=False))
-    normalize = DeviceNormalize(data_cfg, channels_last)  # as the trainer: uint8 from the workers, float on the device
+                         train_transform=train_transform(pretrained_cfg, size, normalize=False))
+    normalize = DeviceNormalize(pretrained_cfg, channels_last)  # as the trainer: uint8 from the workers, float on the device
     stages: list[dict[str, Any]] = []
 
     def record(stage: str, ips: float, note: str = "") -> None:
@@ -74,23 +72,23 @@ def run_data_bench(model_name: str, data_dir: str, device: torch.device, batch_s
     encoded = DataLoader(EncodedFiles(splits.train.samples), batch_size=batch_size, num_workers=workers,
                          collate_fn=collate_encoded, persistent_workers=False,
                          sampler=RandomSampler(splits.train, replacement=True, num_samples=batch_size * (steps + 1)))
-    decoded = DeviceDecodeLoader(encoded, EpochSampler(len(splits.train), seed=0), DeviceAugment(data_cfg, size, 0.5),
+    decoded = DeviceDecodeLoader(encoded, EpochSampler(len(splits.train), seed=0), DeviceAugment(pretrained_cfg, size, 0.5),
                                  device, unreadable)
     ips, _ = _rate(decoded, steps, device)
     record("files -> device batches", ips, f"({workers} workers read bytes; {decoded.decoder} decodes JPEGs, "
                                            f"a thread augments on {device.type})")
 
-    side = store_size(data_cfg, size)
+    side = store_size(pretrained_cfg, size)
     with tempfile.TemporaryDirectory() as cache_dir:
         t0 = time.perf_counter()
-        store, _, _ = cached_store(splits.train, side, data_cfg, cache_dir, workers)
+        store, _, _ = cached_store(splits.train, side, pretrained_cfg, cache_dir, workers)
         record("files -> memory", len(store) / (time.perf_counter() - t0), f"(once: {len(store):,} images at {side}px)")
         t0 = time.perf_counter()
-        cached_store(splits.train, side, data_cfg, cache_dir, workers)
+        cached_store(splits.train, side, pretrained_cfg, cache_dir, workers)
         record("cache -> memory", len(store) / (time.perf_counter() - t0), "(later runs)")
     store = store.to(device)
     sampler = EpochSampler(len(store), seed=0)
-    resident = DeviceLoader(store, sampler, batch_size, DeviceAugment(data_cfg, size, hflip=0.5), False, None)
+    resident = DeviceLoader(store, sampler, batch_size, DeviceAugment(pretrained_cfg, size, hflip=0.5), False, None)
 
     def epochs_of(loader: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = 1

@@ -1,0 +1,119 @@
+"""`resnets eval`, `predict`, `export` and `cam`: arguments and printing; the work is in the modules beside."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..fileio import atomic_write_text
+from ..hub import load_model
+from ..options import add_device_argument, add_weights_arguments, add_workers_argument
+from ..reports import format_report
+from .cam import cam_images
+from .evaluate import evaluate_weights
+from .export import FORMATS, check_export_output, export_model
+from .outputs import beside_weights, check_output
+from .predict import check_topk, predict_images, predictions_csv
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    p.description = "Evaluate weights on DIR/val, else DIR/test, else DIR (class subfolders)."
+    add_weights_arguments(p)
+    p.add_argument("--data-dir", required=True, metavar="DIR")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="[default: 64]")
+    add_workers_argument(p, "the cores, at most 16 feeding a GPU, 8 the CPU")
+    add_device_argument(p)
+    p.add_argument("--img-size", type=int, default=None, metavar="PX",
+                   help="evaluate at this size (default: the weights' own)")
+    p.add_argument("--output", default=None, metavar="DIR", help="default: eval/ beside the weights")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
+                   help="unreadable images are skipped and listed in bad_files.csv; a larger share is an error "
+                        "[default: 0.01]")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    s = evaluate_weights(args.weights, args.data_dir, model_name=args.model, output_dir=args.output,
+                         batch_size=args.batch_size, workers=args.workers, device=args.device,
+                         img_size=args.img_size, max_bad_fraction=args.max_bad_fraction)
+    skipped = f" ({s.unreadable_files:,} unreadable, skipped)" if s.unreadable_files else ""
+    print(f"{s.weights} on {s.data_dir}: {s.num_samples:,} images{skipped}")
+    print(f"top-1 {s.top1:.2f}%  top-5 {s.top5:.2f}%  loss {s.loss:.4f}")
+    print(format_report(s.per_class))
+    print(f"wrote {', '.join(s.files.values())}")
+    return 0
+
+
+def add_predict(p: argparse.ArgumentParser) -> None:
+    p.description = "Classify images; preprocessing and class names come from the weights."
+    add_weights_arguments(p)
+    p.add_argument("--topk", type=int, default=None, metavar="K", help="default: 5, or all classes if fewer")
+    p.add_argument("--output", default=None, metavar="FILE.csv", help="default: print the CSV")
+    p.add_argument("-b", "--batch-size", type=int, default=32, help="[default: 32]")
+    add_device_argument(p)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output(args.output, args.weights, args.paths)  # before any work
+    model = load_model(args.weights, args.model)
+    check_topk(args.topk, model.num_classes)  # before reading any image
+    preds = predict_images(model, args.paths, topk=args.topk, batch_size=args.batch_size, device=args.device)
+    text = predictions_csv(preds)
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"wrote {len(preds)} predictions to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def add_export(p: argparse.ArgumentParser) -> None:
+    p.description = ("Export, run the result at another batch size, compare it with the eager model, and write the "
+                     "file only if they agree.")
+    add_weights_arguments(p)
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--output", required=True, metavar="FILE", help="FILE.onnx or FILE.pt2, as --format")
+    p.add_argument("--img-size", type=int, default=None, metavar="PX",
+                   help="input size of the graph (default: the weights' own)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="where to trace and check: cpu, cuda, cuda:N or auto [default: cpu]")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    check_export_output(args.output, args.format, args.weights)  # before loading the model
+    model = load_model(args.weights, args.model)
+    r = export_model(model, args.output, args.format, img_size=args.img_size, opset=args.opset,
+                     weights=args.weights, device=args.device)
+    shape = ", ".join(["batch", *map(str, r.input_shape[1:])])
+    print(f"check at batch {r.check_batch} (traced at {r.input_shape[0]}): max |exported - eager| "
+          f"{r.max_abs_diff:.3g} (tolerance {r.tolerance:.3g})")
+    print(f"wrote {r.path} ({r.format}, input ({shape}), {len(r.metadata['class_names'])} classes)")
+    return 0
+
+
+def add_cam(p: argparse.ArgumentParser) -> None:
+    p.description = "Grad-CAM (Selvaraju et al. 2017) of the last stage, or of --layer."
+    add_weights_arguments(p)
+    p.add_argument("--layer", default=None, metavar="NAME",
+                   help="any module name, e.g. layer3 or layer4.2 (default: the last stage)")
+    p.add_argument("--class-index", type=int, default=None, metavar="N", help="default: the predicted class")
+    p.add_argument("--output", default=None, metavar="DIR", help="default: cam/ beside the weights")
+    p.add_argument("-b", "--batch-size", type=int, default=16, help="[default: 16]")
+    add_device_argument(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+
+
+def run_cam(args: argparse.Namespace) -> int:
+    model = load_model(args.weights, args.model)
+    out = args.output or beside_weights(args.weights, "cam")
+    written = cam_images(model, args.images, out, layer=args.layer, class_index=args.class_index,
+                         batch_size=args.batch_size, device=args.device, weights=args.weights)
+    for png, result in written:
+        print(png)
+    print(f"wrote {len(written)} Grad-CAM image(s) to {out}")
+    return 0
+
+
+COMMANDS = {"eval": (add_eval, run_eval), "predict": (add_predict, run_predict), "export": (add_export, run_export),
+            "cam": (add_cam, run_cam)}

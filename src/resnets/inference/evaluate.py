@@ -1,0 +1,109 @@
+"""`resnets eval`: accuracy, per-class report and confusion matrix of a model on an image folder."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.bad_files import BAD_FILES_CSV, BadFiles, SkipUnreadable, collate_skipping
+from ..data.datasets import load_eval_set
+from ..data.transforms import eval_transform
+from ..device import check_workers, default_workers, resolve_device
+from ..errors import ConfigError, DataError
+from ..evaluation import evaluate
+from ..fileio import atomic_write_json, check_writable
+from ..hub import load_model
+from ..models.resnet import check_img_size
+from ..models.weights import resolve_weights
+from ..reports import CONFUSION_CSV, CONFUSION_PNG, REPORT_CSV, write_class_reports
+from .fold import for_inference
+from .outputs import beside_weights, files_read, refuse_overwrite
+
+EVAL_DIR = "eval"
+FILES = {"summary": "eval.json", "report": REPORT_CSV, "confusion_csv": CONFUSION_CSV, "confusion_png": CONFUSION_PNG}
+
+
+@dataclass
+class EvalSummary:
+    top1: float  # percent
+    top5: float  # percent; with fewer than 5 classes, top-k over all of them (100)
+    loss: float
+    num_samples: int
+    weights: str  # the file evaluated ("" for a model given as an object)
+    data_dir: str
+    class_names: list[str]
+    per_class: list[dict[str, Any]] = field(repr=False)
+    confusion: list[list[int]] = field(repr=False)  # rows: true class; in confusion_matrix.csv, not eval.json
+    output_dir: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    unreadable_files: int = 0  # skipped, listed in bad_files.csv; not in num_samples
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("top1", "top5", "loss", "num_samples", "unreadable_files",
+                                               "weights", "data_dir", "class_names", "per_class", "files")}
+
+
+def evaluate_weights(weights: str | Path, data_dir: str | Path, *, model_name: str | None = None,
+                     output_dir: str | Path | None = None, **options: Any) -> EvalSummary:
+    """`evaluate_model` of the model in a run folder, `save_pretrained` folder or weights file.
+
+    `model_name`: the architecture of a bare state dict (files written by resnets carry their own).
+    `output_dir` defaults to `eval/` in the run folder, or beside the weights file.
+    """
+    path = resolve_weights(weights)
+    out = Path(output_dir) if output_dir is not None else beside_weights(weights, EVAL_DIR)
+    return evaluate_model(load_model(path, model_name), data_dir, out, weights=path, **options)
+
+
+def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Path, *, batch_size: int = 64,
+                   workers: int | None = None, device: str | None = None, img_size: int | None = None,
+                   max_bad_fraction: float = 0.01, weights: str | Path | None = None) -> EvalSummary:
+    """Evaluate `model` on an ImageFolder (DIR/val, else DIR/test, else DIR) and write the reports.
+
+    Args:
+        output_dir: where eval.json, per_class.csv and confusion_matrix.{csv,png} go.
+        workers: loader processes (default: `default_workers` of the device).
+        img_size: evaluate at another resolution than the model's preprocessing says.
+        max_bad_fraction: unreadable images are skipped and listed in bad_files.csv in `output_dir`;
+            more than this share of them is a DataError.
+        weights: the file `model` was loaded from, which no output may replace.
+
+    Raises DataError when the folder's classes are not the model's, and ConfigError when an output would
+    replace the weights or an image of the folder, before anything is written.
+    """
+    check_workers(workers)
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    check_img_size(model, img_size)  # as training does: the last stage keeps at least one pixel
+    dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg, img_size),
+                                            model.class_names)
+    if len(class_names) != model.num_classes:  # only reachable when the model names no classes
+        raise DataError(f"{data_dir} has {len(class_names)} classes but the model predicts {model.num_classes}")
+    out = Path(output_dir)
+    outputs = [out / name for name in (*FILES.values(), BAD_FILES_CSV)]  # bad_files.csv: written or deleted
+    check_writable(outputs[0], "--output")
+    refuse_overwrite(outputs, files_read(weights, [path for path, _ in dataset.samples]), "eval output",
+                     "choose another --output folder")
+    bad_files = BadFiles(len(dataset), max_bad_fraction, out / BAD_FILES_CSV)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=default_workers(dev.type) if workers is None
+                        else workers, shuffle=False, pin_memory=dev.type == "cuda", collate_fn=collate_skipping)
+    result = evaluate(for_inference(model.to(dev), dev), SkipUnreadable(loader, bad_files), dev)
+    bad_files.report()
+    if not len(bad_files):
+        (out / BAD_FILES_CSV).unlink(missing_ok=True)  # an earlier eval's list, no longer true
+    source = f"{Path(weights).parent.name}/{Path(weights).name}" if weights else model.arch_name or "model"
+    per_class, cm = write_class_reports(result.targets, result.predictions, class_names, out,
+                                        title=f"{source} on {Path(data_dir).name}: top-1 {result.top1:.2f}%")
+    files = {key: str(out / name) for key, name in FILES.items()}
+    if len(bad_files):
+        files["bad_files"] = str(bad_files.csv_path)
+    summary = EvalSummary(top1=result.top1, top5=result.top5, loss=result.loss, num_samples=result.num_samples,
+                          weights=str(weights or ""), data_dir=str(data_dir), class_names=list(class_names),
+                          per_class=per_class, confusion=cm.tolist(), output_dir=str(out), files=files,
+                          unreadable_files=len(bad_files))
+    atomic_write_json(files["summary"], summary.to_json())  # last: its presence means the rest is there
+    return summary

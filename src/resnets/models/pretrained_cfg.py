@@ -1,0 +1,95 @@
+"""The preprocessing that belongs to a model's weights: input size, resize/crop, interpolation, normalisation.
+
+One typed record under timm's name, `model.pretrained_cfg`. It reads as a mapping too (`cfg["input_size"]`,
+`cfg.get("mean")`), as timm's models hand theirs out, so `timm.data.resolve_model_data_config(model)` and code
+written for timm's dicts take a resnets model as it is. It travels inside every weights file and export.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ..errors import ConfigError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class PretrainedCfg(Mapping):
+    """Args:
+        input_size: (channels, height, width) the weights were trained at.
+        interpolation: resize filter, one of INTERPOLATIONS.
+        crop_pct: evaluation resizes the short side to size / crop_pct, then center-crops `size`.
+        mean, std: per-channel normalisation of [0, 1] pixel values.
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        # Frozen: the normalised values go in through object.__setattr__. Lists (from JSON) become tuples.
+        for name in ("input_size", "mean", "std"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"pretrained_cfg {name}={value!r} is not a list")
+            object.__setattr__(self, name, tuple(value))
+        size = self.input_size
+        if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536 for v in size):
+            raise ConfigError(f"pretrained_cfg input_size={size!r} is not (channels, height, width) of positive ints")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != size[0] or not all(_finite_number(v) for v in values):
+                raise ConfigError(f"pretrained_cfg {name}={values!r} needs one finite number per channel ({size[0]})")
+        if not all(v > 0 for v in self.std):
+            raise ConfigError(f"pretrained_cfg std={self.std!r} must be positive")
+        if not (_finite_number(self.crop_pct) and 0 < self.crop_pct <= 4):
+            raise ConfigError(f"pretrained_cfg crop_pct={self.crop_pct!r} is not a number in (0, 4]")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"pretrained_cfg interpolation={self.interpolation!r} is not one of "
+                              f"{', '.join(INTERPOLATIONS)}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], base: "PretrainedCfg | None" = None) -> "PretrainedCfg":
+        """A config from a mapping (a weights file's metadata, timm's pretrained_cfg): the keys known here
+        replace `base`'s (default: the defaults above); others (timm's url, license, ...) are not preprocessing."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return dataclasses.replace(base or cls(), **{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes: Any) -> "PretrainedCfg":
+        return dataclasses.replace(self, **changes)
+
+    def with_img_size(self, img_size: int | None) -> "PretrainedCfg":
+        """The same preprocessing at a square `img_size` (None: as it is)."""
+        return self if img_size is None else self.replace(input_size=(self.input_size[0], img_size, img_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (lists, not tuples), as written into weights files and exports."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    # Mapping: read-only access by key, as timm's dicts.
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._fields():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+    @classmethod
+    def _fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,1 +1,0 @@
-"""Using a trained model: evaluate, predict, export, Grad-CAM."""

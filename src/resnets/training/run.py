@@ -1,0 +1,255 @@
+"""A training run assembled: `build_run` turns a config into everything `fit` needs (data, loaders, model, step,
+run folder, progress), complete when it returns. The same code runs alone or as one process of several."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.bad_files import BadFiles, SkipUnreadable, Unreadable, collate_skipping
+from ..data.datasets import DataSplits, class_difference, load_splits
+from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
+from ..data.in_memory import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
+from ..data.transforms import eval_transform, image_size, train_transform
+from ..device import default_workers
+from ..errors import ConfigError
+from ..models import create_model, get_config
+from ..models.pretrained_cfg import PretrainedCfg
+from ..models.resnet import check_img_size
+from ..models.weights import load_weights
+from .checkpoint import rng_state, seed_everything
+from .config import TrainConfig
+from .distributed import Distributed, convert_sync_bn, elastic_run_id, wrap_model
+from .epoch import Progress
+from .resume import Resumed, checkpoint_state, locate_resume, restore
+from .run_dir import RunDir
+from .sampling import EpochSampler, SeededItems
+from .step import TrainStep, compile_step, make_train_step
+
+
+@dataclass
+class Run:
+    """Everything a training run is made of while it runs."""
+
+    cfg: TrainConfig
+    ctx: Distributed
+    splits: DataSplits
+    step: TrainStep
+    train_loader: Iterable  # this process's share of the epoch: SkipUnreadable, DeviceLoader or DeviceDecodeLoader
+    val_loader: SkipUnreadable  # this process's disjoint, unpadded shard of the validation set
+    sampler: EpochSampler
+    bad_files: BadFiles
+    run_dir: RunDir  # on every rank; only rank 0 writes into it
+    batches_per_epoch: int  # this process's share of a whole epoch
+    progress: Progress = field(default_factory=Progress)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    classes_checked_at: int = 0  # how many broken files `require_every_class` last saw
+
+    def save_checkpoint(self) -> None:
+        """A checkpoint of this exact place; every rank gives its random state, rank 0 writes."""
+        rngs = self.ctx.gather(rng_state())  # each process's own streams, for an exact resume at the same size
+        if self.ctx.is_main:
+            state = checkpoint_state(self.step, self.progress, self.history, self.cfg, self.splits.class_names, rngs)
+            self.run_dir.save_checkpoint(state, keep=self.cfg.keep_checkpoints)
+
+    def say(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(message, file=sys.stderr)
+
+
+def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch.device) -> Run:
+    """The run `cfg` asks for: a new one, or the one a checkpoint continues (`explicit`: the options the user
+    gave, which a resume applies where it may)."""
+    resumed = locate_resume(cfg, ctx)
+    if resumed is not None:
+        cfg = resumed.config(cfg, explicit)
+    if cfg.workers is None:
+        cfg = dataclasses.replace(cfg, workers=default_workers(device.type))
+    set_process_switches(cfg, ctx.rank)
+    amp, channels_last = resolve_precision(cfg, device)
+    pretrained_cfg = get_config(cfg.model).default_pretrained_cfg().with_img_size(cfg.img_size)
+    splits = build_data(cfg, pretrained_cfg)
+    model = build_model(cfg, splits, pretrained_cfg, ctx, device, channels_last, from_pretrained=resumed is None)
+    bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction,
+                         **({} if ctx.is_main else {"warn": lambda message: None}))  # rank 0 reports the united list
+    train_loader, val_loader, sampler = make_loaders(cfg, splits, pretrained_cfg, device, ctx, bad_files)
+    class_counts = np.bincount(splits.train_labels, minlength=len(splits.class_names)).tolist()
+    step = make_train_step(model, cfg, pretrained_cfg, device, amp, channels_last, ctx, class_counts)
+    progress, history = Progress(), []
+    if resumed is not None:
+        progress, history = restore(step, resumed.state, cfg), list(resumed.state["history"])
+        run_dir = RunDir(resumed.run_dir)
+        if ctx.is_main:
+            run_dir.tidy_for_resume(resumed.file)
+        _say_resumed(resumed, progress, splits, ctx)
+    else:
+        run_dir = RunDir(ctx.on_main(lambda: RunDir.create(cfg.output, cfg.name, cfg.model).path))
+    # Wrapped after restoring: DDP starts every process from rank 0's weights and buffers.
+    if ctx.enabled:
+        step.ddp = step.step_model = wrap_model(model, ctx, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph)
+    if cfg.compile:
+        compile_step(step, cfg)
+    run = Run(cfg, ctx, splits, step, train_loader, val_loader, sampler, bad_files, run_dir, len(train_loader),
+              progress, history)
+    if ctx.is_main:
+        _start_run_dir(run, device, amp, channels_last, pretrained_cfg)
+    run.say(f"{splits.description}; model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) "
+            f"on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}, amp {amp}")
+    return run
+
+
+def _say_resumed(resumed: Resumed, progress: Progress, splits: DataSplits, ctx: Distributed) -> None:
+    if ctx.is_main:
+        print(f"resuming {resumed.run_dir} from {resumed.file.name} on {ctx.world_size} process(es): epoch "
+              f"{progress.epoch}, image {progress.samples_in_epoch:,}/{len(splits.train):,}, step "
+              f"{progress.global_step}", file=sys.stderr)
+
+
+def _start_run_dir(run: Run, device: torch.device, amp: str, channels_last: bool,
+                   pretrained_cfg: PretrainedCfg) -> None:
+    """config.yaml, the bad-file list and TensorBoard of a run about to train (rank 0)."""
+    cfg = run.cfg
+    run.run_dir.write_config(cfg.to_dict(), dict(
+        resolved_device=str(device), resolved_amp=amp, resolved_channels_last=channels_last,
+        world_size=run.ctx.world_size, global_batch=cfg.batch_size * run.ctx.world_size,
+        resolved_lr=run.step.base_lr, elastic_run_id=elastic_run_id()))
+    run.bad_files.attach(run.run_dir.bad_files_csv)
+    if cfg.log_tensorboard:
+        run.run_dir.open_tensorboard(run.step.model, torch.zeros((1, *pretrained_cfg.input_size), device=device))
+
+
+def set_process_switches(cfg: TrainConfig, rank: int) -> None:
+    """Process-wide settings, as torchvision's and timm's training scripts make them, and leave them."""
+    if cfg.deterministic:  # bitwise-repeatable: deterministic kernels only (cuBLAS needs its workspace pinned)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        # The batch shape is fixed, so cuDNN may time its conv algorithms once per shape and keep the fastest.
+        torch.backends.cudnn.benchmark = True
+    seed_everything(cfg.seed + rank)  # model-side randomness (dropout, mixup) differs between processes
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[str, bool]:
+    """Autocast mode and memory format: bf16 + channels_last on CUDA, plain fp32 on CPU."""
+    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    return amp, channels_last
+
+
+def build_data(cfg: TrainConfig, pretrained_cfg: PretrainedCfg) -> DataSplits:
+    """Train/val splits whose items stay uint8 (normalised on the device by `DeviceNormalize`), unless
+    random erasing, which works on the normalised image, asks for normalising in the workers."""
+    in_workers = cfg.random_erasing > 0
+    train = train_transform(pretrained_cfg, cfg.img_size, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
+                            random_erasing=cfg.random_erasing, normalize=in_workers)
+    splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                         train_transform=train, eval_transform=eval_transform(pretrained_cfg, cfg.img_size,
+                                                                              normalize=False),
+                         download=cfg.download)
+    if cfg.num_classes is not None and cfg.num_classes != len(splits.class_names):
+        raise ConfigError(f"--num-classes {cfg.num_classes} but the data has {len(splits.class_names)} classes")
+    return splits
+
+
+def build_model(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: PretrainedCfg, ctx: Distributed,
+                device: torch.device, channels_last: bool, from_pretrained: bool) -> nn.Module:
+    """The model to train, on `device`: --pretrained loaded (not when resuming: the checkpoint has the
+    weights), the run's own preprocessing and classes, --freeze-backbone, --sync-bn."""
+    model = create_model(cfg.model, num_classes=len(splits.class_names), drop_path_rate=cfg.drop_path_rate)
+    check_img_size(model, pretrained_cfg.input_size[-1])
+    if cfg.pretrained and from_pretrained:
+        load_pretrained(model, cfg, list(splits.class_names))
+    # After loading: a checkpoint's own preprocessing and classes must not replace this run's.
+    model.pretrained_cfg, model.class_names = pretrained_cfg, list(splits.class_names)
+    if cfg.freeze_backbone:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.get_classifier().parameters():
+            p.requires_grad_(True)
+    if cfg.sync_bn:
+        model = convert_sync_bn(model, ctx, device)
+    model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def load_pretrained(model: nn.Module, cfg: TrainConfig, class_names: list[str]) -> None:
+    """Fine-tuning weights into `model`. A head of the right size but trained on other classes (or in
+    another order) would map each of them to a wrong label: an error, unless --remap-classes resets it."""
+    report = load_weights(model, cfg.pretrained)
+    saved = report.metadata.get("class_names")
+    difference = (class_difference([str(n) for n in saved], class_names, ordered=True)
+                  if isinstance(saved, list) and not report.skipped else None)
+    if difference and not cfg.remap_classes:
+        raise ConfigError(f"{cfg.pretrained} was trained on other classes than the data ({difference}); "
+                          f"pass --remap-classes to fine-tune it with a new head")
+    if difference:
+        model.reset_classifier(len(class_names))
+    model.class_names = list(class_names)  # the weights' own, if they had any, were loaded with them
+    print(f"{report}; head re-initialised for other classes ({difference})" if difference else report,
+          file=sys.stderr)
+
+
+def make_loaders(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: PretrainedCfg, device: torch.device,
+                 ctx: Distributed, bad_files: BadFiles) -> tuple[Iterable, SkipUnreadable, EpochSampler]:
+    """Train and val loaders of this process's shares that skip unreadable files (into `bad_files`), and the
+    train sampler. Validation shards are disjoint and unpadded: every image counts once."""
+    store = in_memory_store(cfg, splits, pretrained_cfg, device, ctx, bad_files) if cfg.in_memory else None
+    labels = store.labels.tolist() if store is not None else splits.train_labels
+    weights = None
+    if cfg.imbalance == "sampler":
+        counts = np.bincount(labels, minlength=len(splits.class_names))
+        weights = [1.0 / counts[y] for y in labels]
+    sampler = EpochSampler(len(labels), cfg.seed, weights, rank=ctx.rank, world_size=ctx.world_size)
+    if len(sampler) == 0:
+        raise ConfigError(f"{len(labels)} training images cannot feed {ctx.world_size} processes")
+    drop_last = len(sampler) > cfg.batch_size
+    # An own generator: iterator creation must not draw from the global RNG, which a resumed run restores.
+    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+                  generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping)
+    augment = DeviceAugment(pretrained_cfg, image_size(pretrained_cfg, cfg.img_size), cfg.hflip)
+    train_loader: Iterable
+    if store is not None:
+        train_loader = DeviceLoader(store, sampler, cfg.batch_size, augment, drop_last, bad_files)
+    elif cfg.decode_on_device:
+        files = DataLoader(EncodedFiles(splits.train.samples), batch_size=cfg.batch_size, sampler=sampler,
+                           drop_last=drop_last, **{**common, "collate_fn": collate_encoded})
+        train_loader = DeviceDecodeLoader(files, sampler, augment, device, bad_files)
+    else:
+        train_loader = SkipUnreadable(DataLoader(SeededItems(splits.train, cfg.seed), batch_size=cfg.batch_size,
+                                                 sampler=sampler, drop_last=drop_last, **common),
+                                      bad_files, keep_empty=True)
+    val_loader = DataLoader(splits.val, batch_size=cfg.batch_size,
+                            sampler=range(ctx.rank, len(splits.val), ctx.world_size), **common)
+    return train_loader, SkipUnreadable(val_loader, bad_files), sampler
+
+
+def in_memory_store(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: PretrainedCfg, device: torch.device,
+                    ctx: Distributed, bad_files: BadFiles) -> ImageStore:
+    """--in-memory: the training images decoded once, on `device`. Rank 0 decodes (and caches a folder)
+    first; the other processes then read its cache instead of decoding the same files again."""
+    side = store_size(pretrained_cfg, cfg.img_size)
+    build = lambda: cached_store(splits.train, side, pretrained_cfg, cfg.cache_dir, cfg.workers)  # noqa: E731
+    store, path, built = ctx.on_main(build, share=lambda made: (None, *made[1:]))
+    if store is None:
+        store = build()[0]
+    need = store.images.numel()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free // 2:
+            raise ConfigError(f"--in-memory needs {need / 2**30:.1f} GiB for {len(store):,} images at {side}x{side} "
+                              f"but the GPU has {free / 2**30:.1f} GiB free; use the file pipeline (drop --in-memory)")
+    bad_files.add(Unreadable(file, reason) for file, reason in store.broken.items())
+    where = f"; {'built' if built else 'read'} {path}" if path else ""
+    if ctx.is_main:
+        print(f"in memory: {len(store):,} training images at {side}x{side}, {need / 2**20:,.0f} MiB on {device}{where}",
+              file=sys.stderr)
+    return store.to(device)
+
