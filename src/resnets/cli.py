@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from typing import Sequence
 
 from .errors import ResnetsError
@@ -25,7 +26,7 @@ COMMANDS = {
             "resnets cam --weights runs/<run> cat.jpg"),
     "check-data": ("resnets.data.commands", "decode every image of a folder and report problems",
                    "resnets check-data photos/ --val-dir holdout/"),
-    "models": ("resnets.models.commands", "table of models with params and GMACs", "resnets models 'resnext*'"),
+    "models": ("resnets.analysis.commands", "table of models with params and GMACs", "resnets models 'resnext*'"),
     "summary": ("resnets.analysis.commands", "per-layer table of a model",
                 "resnets summary res2net50_26w_4s --img-size 224 --depth 2"),
     "design": ("resnets.analysis.commands", "ResNeXt complexity-preserving widths (paper Table 2)",
@@ -55,6 +56,7 @@ def build_parser(only: str | None = "*") -> argparse.ArgumentParser:
         if only in ("*", name):
             add_arguments, run = importlib.import_module(module).COMMANDS[name]
             add_arguments(p)
+            p.description = textwrap.fill(p.description, 100)  # the raw formatter keeps the example's lines
             p.set_defaults(func=run)
     parser.commands = sub.choices  # type: ignore[attr-defined]  (main names the command's help on a mistake)
     return parser

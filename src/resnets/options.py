@@ -68,8 +68,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, groups: Sequence[tup
             kwargs["type"] = base
         if meta["choices"] is not None:
             kwargs["choices"] = [c for c in meta["choices"] if c is not None]
-        if meta["metavar"]:
-            kwargs["metavar"] = meta["metavar"]
+        if meta["metavar"] or meta["choices"] is None and base is not bool:
+            kwargs["metavar"] = meta["metavar"] or {int: "N", float: "X", list: "N"}.get(base, "TEXT")
         names = [meta["short"], flag_name(f.name)] if meta["short"] else [flag_name(f.name)]
         titled[meta["group"]].add_argument(*names, **kwargs)
 

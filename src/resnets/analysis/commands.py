@@ -1,10 +1,30 @@
-"""`resnets summary` and `resnets design`."""
+"""`resnets models`, `resnets summary` and `resnets design`: counting and designing networks."""
 from __future__ import annotations
 
 import argparse
 
+from ..errors import ResnetsError
+from ..models import list_models
 from .design import TEMPLATES, design_widths
+from .flops import model_stats
 from .summary import summarize
+
+
+def add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'res2net*' [default: all]")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        raise ResnetsError(f"no model matches {args.pattern!r}; see `resnets models`")
+    width = max(len(n) for n in names)
+    print(f"{'model':<{width}}  {'params':>13}  {'GMACs':>7}  input")
+    for name in names:
+        s = model_stats(name)
+        c, h, w = s["input_size"]
+        print(f"{name:<{width}}  {s['params']:>13,}  {s['gmacs']:>7.2f}  {c}x{h}x{w}")
+    return 0
 
 
 def add_summary(p: argparse.ArgumentParser) -> None:
@@ -37,4 +57,5 @@ def run_design(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"summary": (add_summary, run_summary), "design": (add_design, run_design)}
+COMMANDS = {"models": (add_models, run_models), "summary": (add_summary, run_summary),
+            "design": (add_design, run_design)}

@@ -27,7 +27,7 @@ from ..inference.fold import fold_batchnorm, for_inference
 from ..models import create_model
 from ..models.resnet import check_img_size
 from ..training.config import TrainConfig
-from ..training.step import compile_step, make_train_step
+from ..training.step import make_train_step, wrap_step
 
 REFERENCE_LIBS = ("torchvision", "timm")
 
@@ -134,10 +134,7 @@ def _trainer_step(model: nn.Module, s: BenchSettings, device: torch.device) -> C
     compiled = s.compile != "off"
     cfg = TrainConfig(opt="sgd", lr=0.1, momentum=0.9, weight_decay=5e-5, batch_size=s.batch_size, compile=compiled,
                       compile_mode=s.compile if compiled else "default")
-    step = make_train_step(model, cfg, model.pretrained_cfg, device, s.amp, s.channels_last)
-    if compiled:
-        compile_step(step, cfg)
-    return step
+    return wrap_step(make_train_step(model, cfg, model.pretrained_cfg, device, s.amp, s.channels_last), cfg, device)
 
 
 def _infer_step(model: nn.Module, s: BenchSettings, device: torch.device, ours: bool,
@@ -235,7 +232,7 @@ def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[str,
         return _run_bench(s, log)
 
 
-def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
+def _check_settings(s: BenchSettings) -> None:
     if s.mode not in ("train", "infer"):
         raise ConfigError(f"mode {s.mode!r} is not train or infer")
     if s.amp not in AMP_DTYPES:
@@ -244,60 +241,67 @@ def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
         raise ConfigError(f"compile {s.compile!r} is not off or one of {', '.join(COMPILE_MODES)}")
     if min(s.batch_size, s.steps, s.rounds) < 1 or s.warmup < 0:
         raise ConfigError("batch-size, steps and rounds must be >= 1, warmup >= 0")
+
+
+def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
+    _check_settings(s)
     if s.compile != "off":
         keep_compile_cache()  # the warm-up column then shows a first run's compilation, later runs' cache reads
     device = resolve_device(s.device)
-
     shapes = meta_model(s.model, num_classes=s.num_classes)
     size = shapes.pretrained_cfg.input_size[-1] if s.img_size is None else s.img_size
     check_img_size(shapes, size)
     macs, _ = count_macs(shapes, (3, size, size))
-    flops_per_image = macs * 2 * (3 if s.mode == "train" else 1)
-
     builders: dict[str, Callable[[], nn.Module]] = {"resnets": lambda: create_model(s.model, num_classes=s.num_classes)}
     for lib in s.compare:
         reference_model(lib, s.model, s.num_classes)  # fail early, before any timing
         builders[lib] = lambda lib=lib: reference_model(lib, s.model, s.num_classes)
-
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
     x = torch.randn(s.batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, s.num_classes, (s.batch_size,), device=device)
-
-    impls: dict[str, dict[str, Any]] = {}
-    for name, build in builders.items():
-        torch.manual_seed(0)
-        model = build().to(device, memory_format=memory_format)
-        step = make_step(model, s, device, ours=name == "resnets")
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        for _ in range(max(1, s.warmup)):
-            step(x, y)
-        _sync(device)
-        impls[name] = dict(model=model, step=step, warmup=time.perf_counter() - t0, times=[],
-                           peak=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
-        log(f"{name}: warm-up {impls[name]['warmup']:.1f}s")
-
-    for _ in range(s.rounds):
-        for name, impl in impls.items():
+    impls = {name: _warmed_up(name, build, s, device, memory_format, x, y, log) for name, build in builders.items()}
+    for _ in range(s.rounds):  # in turn, so that drift (clocks, heat, other load) hits every implementation alike
+        for impl in impls.values():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             impl["times"] += _time_steps(impl["step"], x, y, s.steps, device)
             if device.type == "cuda":
                 impl["peak"] = max(impl["peak"], torch.cuda.max_memory_allocated(device))
-
+    flops_per_image = macs * 2 * (3 if s.mode == "train" else 1)  # a backward costs about two forwards
     peak_flops = matmul_peak_flops(device)
-    results = []
-    for name, impl in impls.items():
-        times = sorted(impl["times"])
-        median = statistics.median(times)
-        p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-        ips = s.batch_size / (median / 1000)
-        results.append(BenchResult(name, ips, median, p90, impl["peak"] / 2**20 if impl["peak"] else None,
-                                   ips * flops_per_image / peak_flops, impl["warmup"], impl["times"]))
+    results = [_result(name, impl, s.batch_size, flops_per_image, peak_flops) for name, impl in impls.items()]
     return dict(settings=asdict(s), device=_device_name(device), torch=torch.__version__,
                 versions=_versions(), img_size=size, gmacs_per_image=macs / 1e9,
                 peak_matmul_tflops=peak_flops / 1e12, results=[asdict(r) for r in results])
+
+
+def _warmed_up(name: str, build: Callable[[], nn.Module], s: BenchSettings, device: torch.device,
+               memory_format: torch.memory_format, x: torch.Tensor, y: torch.Tensor,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """An implementation's model and step, after its untimed warm-up steps (compilation, cuDNN's choices)."""
+    torch.manual_seed(0)
+    model = build().to(device, memory_format=memory_format)
+    step = make_step(model, s, device, ours=name == "resnets")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(max(1, s.warmup)):
+        step(x, y)
+    _sync(device)
+    impl = dict(model=model, step=step, warmup=time.perf_counter() - t0, times=[],
+                peak=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+    log(f"{name}: warm-up {impl['warmup']:.1f}s")
+    return impl
+
+
+def _result(name: str, impl: dict[str, Any], batch_size: int, flops_per_image: float, peak_flops: float,
+            ) -> BenchResult:
+    times = sorted(impl["times"])
+    median = statistics.median(times)
+    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    ips = batch_size / (median / 1000)
+    return BenchResult(name, ips, median, p90, impl["peak"] / 2**20 if impl["peak"] else None,
+                       ips * flops_per_image / peak_flops, impl["warmup"], impl["times"])
 
 
 def _time_steps(step: Callable, x: torch.Tensor, y: torch.Tensor, n: int, device: torch.device) -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..device import resolve_device
 from ..fileio import atomic_write_text
 from ..hub import load_model
 from ..options import add_device_argument, add_weights_arguments, add_workers_argument
@@ -31,6 +32,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    resolve_device(args.device)  # a mistake there is found now, not after loading the model
     s = evaluate_weights(args.weights, args.data_dir, model_name=args.model, output_dir=args.output,
                          batch_size=args.batch_size, workers=args.workers, device=args.device,
                          img_size=args.img_size, max_bad_fraction=args.max_bad_fraction)
@@ -53,6 +55,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    resolve_device(args.device)  # a mistake there is found now, not after loading the model
     if args.output:
         check_output(args.output, args.weights, args.paths)  # before any work
     model = load_model(args.weights, args.model)
@@ -81,6 +84,7 @@ def add_export(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    resolve_device(args.device)  # a mistake there is found now, not after loading the model
     check_export_output(args.output, args.format, args.weights)  # before loading the model
     model = load_model(args.weights, args.model)
     r = export_model(model, args.output, args.format, img_size=args.img_size, opset=args.opset,
@@ -105,6 +109,7 @@ def add_cam(p: argparse.ArgumentParser) -> None:
 
 
 def run_cam(args: argparse.Namespace) -> int:
+    resolve_device(args.device)  # a mistake there is found now, not after loading the model
     model = load_model(args.weights, args.model)
     out = args.output or beside_weights(args.weights, "cam")
     written = cam_images(model, args.images, out, layer=args.layer, class_index=args.class_index,

@@ -86,7 +86,8 @@ class TrainConfig:
     random_erasing: float = option(0.0, "probability of erasing a random rectangle", group="augmentation")
     mixup: float = option(0.0, "alpha of MixUp's Beta(alpha, alpha) (0: off)", group="augmentation")
     cutmix: float = option(0.0, "alpha of CutMix's Beta(alpha, alpha) (0: off)", group="augmentation")
-    device: str = option("auto", "auto (a GPU when there is one), cpu, cuda, cuda:N", group="hardware")
+    device: str = option("auto", "auto (a GPU when there is one), cpu, cuda, cuda:N", group="hardware",
+                         metavar="DEVICE")
     amp: str = option("auto", "mixed precision (auto: bf16 on CUDA, off on the CPU)", group="hardware",
                       choices=("auto", *AMP_DTYPES))
     channels_last: bool | None = option(None, "channels_last memory format (default: on CUDA)", group="hardware")
@@ -102,7 +103,8 @@ class TrainConfig:
     workers: int | None = option(None, "loader processes, 0: load in this process (default: 0 for digits, else the "
                                        "cores, at most 16 feeding a GPU, 8 the CPU)", group="hardware", short="-j")
     output: str = option("runs", "folder that holds the run folders", group="checkpoints", metavar="DIR")
-    name: str | None = option(None, "run folder name (default: the time and the model)", group="checkpoints")
+    name: str | None = option(None, "run folder name (default: the time and the model)", group="checkpoints",
+                              metavar="NAME")
     resume: str | None = option(None, "continue a run: auto (the newest under --output), a run folder or a "
                                       "checkpoint-*.pt", group="checkpoints", metavar="RUN")
     checkpoint_every: int = option(0, "also write a checkpoint every N optimizer steps (0: at each epoch's end only)",

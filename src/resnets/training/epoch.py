@@ -80,6 +80,7 @@ class StepAccounting:
     def __init__(self, progress: Progress, limit: int, world_size: int, is_main: bool):
         self.progress, self.limit, self.world_size, self.is_main = progress, limit, world_size, is_main
         self.pending: deque[StepReport] = deque()
+        self.saved_at = progress.global_step  # the step last checkpointed: the state the epoch started from is saved
         self._new_cycle()
 
     def _new_cycle(self) -> None:
@@ -124,9 +125,17 @@ class StepAccounting:
             progress.seen += int(seen)
         self._new_cycle()
 
-    def steps_upper_bound(self) -> int:
-        """The step count once every pending report is read, if none of their steps is skipped."""
-        return self.progress.global_step + sum(r.cycle_end for r in self.pending)
+    def checkpoint_due(self, every: int) -> bool:
+        """Whether the step just queued is a multiple of `every` (--checkpoint-every) not yet saved. A checkpoint
+        holds the progress of every batch so far, so they are all read first; the count of steps is known only
+        then. Until then it is bounded above by the steps pending, a bound that moves one per cycle."""
+        if (self.progress.global_step + sum(r.cycle_end for r in self.pending)) % every:
+            return False
+        self.read()
+        due = self.progress.global_step % every == 0 and self.progress.global_step != self.saved_at
+        if due:
+            self.saved_at = self.progress.global_step
+        return due
 
 
 def _freeze_bn_statistics(model: nn.Module) -> None:
@@ -158,7 +167,6 @@ def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progres
                disable=None if cfg.progress and ctx.is_main else True, file=sys.stderr)
     cycle_skip: torch.Tensor | None = None  # device flag: a batch of this accumulation cycle was non-finite
     global_batch = cfg.batch_size * ctx.world_size
-    saved_at = progress.global_step  # the step last checkpointed: the state this epoch started from is saved
     # Only a loader of files can hand out a batch with nothing readable in it; agreeing on that costs every
     # step a host-side exchange between the processes, which the GPU-resident store does without.
     may_be_empty = getattr(loader, "yields_empty_batches", True)
@@ -187,14 +195,8 @@ def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progres
             cycle_skip = None
         accounting.read(keep=1)  # the batch before this one: done, or nearly, while this one is queued
         _show(bar, progress, start)
-        if cfg.checkpoint_every and cycle_end and i + 1 < remaining \
-                and accounting.steps_upper_bound() % cfg.checkpoint_every == 0:
-            # A checkpoint holds the progress of every batch so far: read them all first. The count of
-            # steps is known only then; the bound above moves one per cycle.
-            accounting.read()
-            if progress.global_step % cfg.checkpoint_every == 0 and progress.global_step != saved_at:
-                checkpoint()
-                saved_at = progress.global_step
+        if cfg.checkpoint_every and cycle_end and i + 1 < remaining and accounting.checkpoint_due(cfg.checkpoint_every):
+            checkpoint()
     accounting.read()
     _show(bar, progress, start)
     return progress.epoch_stats()

@@ -26,12 +26,12 @@ from ..models.resnet import check_img_size
 from ..models.weights import load_weights
 from .checkpoint import rng_state, seed_everything
 from .config import TrainConfig
-from .distributed import Distributed, convert_sync_bn, elastic_run_id, wrap_model
+from .distributed import Distributed, convert_sync_bn, elastic_run_id
 from .epoch import Progress
 from .resume import Resumed, checkpoint_state, locate_resume, restore
 from .run_dir import RunDir
 from .sampling import EpochSampler, SeededItems
-from .step import TrainStep, compile_step, make_train_step
+from .step import TrainStep, make_train_step, wrap_step
 
 
 @dataclass
@@ -91,11 +91,7 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
         _say_resumed(resumed, progress, splits, ctx)
     else:
         run_dir = RunDir(ctx.on_main(lambda: RunDir.create(cfg.output, cfg.name, cfg.model).path))
-    # Wrapped after restoring: DDP starts every process from rank 0's weights and buffers.
-    if ctx.enabled:
-        step.ddp = step.step_model = wrap_model(model, ctx, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph)
-    if cfg.compile:
-        compile_step(step, cfg)
+    step = wrap_step(step, cfg, device)  # after restoring: DDP starts every process from rank 0's weights
     run = Run(cfg, ctx, splits, step, train_loader, val_loader, sampler, bad_files, run_dir, len(train_loader),
               progress, history)
     if ctx.is_main:

@@ -3,6 +3,7 @@ accumulation cycle, with the non-finite guard and the weight EMA. `resnets bench
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -16,7 +17,7 @@ from ..device import autocast
 from ..evaluation import topk_hits
 from ..models.pretrained_cfg import PretrainedCfg
 from .config import TrainConfig
-from .distributed import Distributed
+from .distributed import Distributed, wrap_model
 from .ema import ModelEma
 from .optim import make_optimizer, scaled_lr, step_unless
 
@@ -43,7 +44,8 @@ class TrainStep:
     cuda_graphs: bool = False  # compiled with CUDA graphs (--compile-mode reduce-overhead or max-autotune)
 
     def __post_init__(self) -> None:
-        self.step_model = self.step_model or self.model
+        if self.step_model is None:  # `is`, not `or`: a compiled module's truth value asks for its len()
+            self.step_model = self.model
 
     @property
     def eval_model(self) -> nn.Module:
@@ -163,8 +165,14 @@ def make_train_step(model: nn.Module, cfg: TrainConfig, pretrained_cfg: Pretrain
         clip_grad=cfg.clip_grad)
 
 
-def compile_step(step: TrainStep, cfg: TrainConfig) -> None:
-    """`--compile`: the step calls a torch.compile'd model (its DDP wrapper, if any), caches kept across runs."""
-    keep_compile_cache(cfg.cache_dir)
-    step.step_model = torch.compile(step.step_model, mode=compile_mode_arg(cfg.compile_mode))
-    step.cuda_graphs = cfg.compile_mode in CUDA_GRAPH_MODES
+def wrap_step(step: TrainStep, cfg: TrainConfig, device: torch.device) -> TrainStep:
+    """The step that calls the model through DDP (several processes) and torch.compile (--compile, its caches
+    kept across runs). Wrapped once the weights are final: DDP starts every process from rank 0's."""
+    ddp = wrap_model(step.model, step.dist, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph) if step.dist.enabled \
+        else None
+    step_model = step.model if ddp is None else ddp
+    if cfg.compile:
+        keep_compile_cache(cfg.cache_dir)
+        step_model = torch.compile(step_model, mode=compile_mode_arg(cfg.compile_mode))
+    return dataclasses.replace(step, step_model=step_model, ddp=ddp,
+                               cuda_graphs=cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES)
