@@ -45,7 +45,8 @@ def decoding_loader(samples: list[tuple[str, int]], a: argparse.Namespace, devic
     files = DataLoader(EncodedFiles(samples), batch_size=a.batch, num_workers=a.workers, collate_fn=collate_encoded,
                        pin_memory=device.type == "cuda", persistent_workers=False,
                        sampler=RandomSampler(samples, replacement=True, num_samples=a.batch * (a.steps + 1)))
-    return DeviceDecodeLoader(files, EpochSampler(len(samples), seed=0), DeviceAugment(pretrained_cfg, size, 0.5), device,
+    return DeviceDecodeLoader(files, EpochSampler(len(samples), seed=0), DeviceAugment(pretrained_cfg, size, 0.5),
+                              device,
                               BadFiles(len(samples), 0.99), decoder)
 
 

@@ -60,8 +60,8 @@ case $phase in
   tests)  # the device-facing tests on the GPU machine: device "auto" is CUDA there, and the GPU-only tests run
     # 2 threads per xdist worker: 6 workers x torch's default 16 threads oversubscribed the 16 cores 6-fold
     OMP_NUM_THREADS=2 timeout ${TESTS_TIMEOUT:-400} python3 -m pytest -q -n 6 -rfE -p no:cacheprovider \
-      tests/test_train.py tests/test_resume.py tests/test_resident.py tests/test_device_decode.py \
-      tests/test_tasks.py tests/test_bench.py tests/test_data.py 2>&1 | grep -v "Benchmark\|warner(" \
+      tests/training/test_train.py tests/training/test_resume.py tests/data/test_in_memory.py \
+      tests/data/test_device_decode.py tests/inference tests/bench tests/data/test_datasets.py 2>&1 | grep -v "Benchmark\|warner(" \
       | tee "$out/tests.log" | tail -30
     ;;
   rows)  # the rows the first H100 session left as —: compiled ResNeXt/Res2Net/ResNet-18, eager inference re-measures
@@ -105,8 +105,8 @@ case $phase in
     run "resnet50-data" --model resnet50 --mode train --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     echo "=== --decode-on-device: TorchCodec against torchvision, decoding in turn with the step against ahead of it"
     timeout 200 python3 benchmarks/device_decode.py /tmp/jpegs --json "$out/device-decode.json" 2>&1 | grep -v Warn
-    OMP_NUM_THREADS=2 timeout 150 python3 -m pytest -q -n 4 -rfE -p no:cacheprovider tests/test_device_decode.py \
-      tests/test_gpu_sync.py 2>&1 | grep -v "Benchmark\|warner(" | tee "$out/tests.log" | tail -15
+    OMP_NUM_THREADS=2 timeout 150 python3 -m pytest -q -n 4 -rfE -p no:cacheprovider tests/data/test_device_decode.py \
+      tests/training/test_gpu_sync.py 2>&1 | grep -v "Benchmark\|warner(" | tee "$out/tests.log" | tail -15
     run "resnet50-data-compiled" --model resnet50 --mode train --compile default --data /tmp/jpegs -j 16 --steps 40 --rounds 2
     left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))
     echo "=== the trainer with CUDA graphs: resnet50, 1 epoch of /tmp/jpegs ($left s left)"
@@ -117,8 +117,8 @@ case $phase in
   next-loop)  # the trainer's loop against the bench's bare step: the no-host-sync tests, then ResNet-50 epochs from
     # the GPU-resident cache, eager and compiled (the epoch lines' img/s; epoch 1 holds the compilation), the
     # bench's synthetic step in the same session for the ratio, and Res2Net's grouped-branch A/B
-    OMP_NUM_THREADS=4 timeout 240 python3 -m pytest -q -rfE -p no:cacheprovider tests/test_gpu_sync.py \
-      tests/test_steps.py tests/test_ema.py tests/test_optim.py 2>&1 | tee "$out/tests-loop.log" | tail -8
+    OMP_NUM_THREADS=4 timeout 240 python3 -m pytest -q -rfE -p no:cacheprovider tests/training/test_gpu_sync.py \
+      tests/training/test_epoch.py tests/training/test_ema.py tests/training/test_optim.py 2>&1 | tee "$out/tests-loop.log" | tail -8
     [ -d /tmp/jpegs ] || python3 benchmarks/make_jpegs.py /tmp/jpegs --classes 10 --per-class 2000
     for mode in eager compiled; do
       left=$(( ${PHASE_BUDGET:-540} - (SECONDS - start) ))

@@ -66,7 +66,8 @@ def main() -> None:
     print(f"one process, ms per image ({torch.get_num_threads()} thread):")
     print(f"  resnets decode (read + load + exif + RGB)  {per_image_ms(load_image, files):.2f}")
     from PIL import Image
-    print(f"  PIL open + convert RGB                     {per_image_ms(lambda f: Image.open(f).convert('RGB'), files):.2f}")
+    pil_ms = per_image_ms(lambda f: Image.open(f).convert('RGB'), files)
+    print(f"  PIL open + convert RGB                     {pil_ms:.2f}")
     for name, tf in [("resnets transform, float", ours), ("resnets transform, uint8", ours_u8),
                      ("classic v1 transform, float", classic), ("classic v1 transform, uint8", classic_u8)]:
         print(f"  {name:<42} {per_image_ms(tf, images):.2f}")

@@ -41,7 +41,7 @@ def keep_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     """Point torch.compile's caches (FX graphs, AOTAutograd, autotuning, the Triton kernels beneath) at
     `cache_dir`/inductor, unless the user set TORCHINDUCTOR_CACHE_DIR. Torch's own default is
     /tmp/torchinductor_$USER, which a reboot may empty; with the cache a second run skips most of the
-    compilation (ResNet-18 training on the 2-core CPU: 29-42 s warm-up cold, 2.3-2.7 s from the cache)."""
+    compilation (BENCHMARKS.md, "torch.compile's kept cache on the CPU")."""
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     # Importing torch._dynamo writes torch's default into the variable, and an earlier call here wrote
     # its own: neither is the user's choice.

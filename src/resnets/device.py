@@ -30,10 +30,10 @@ def default_workers(device_type: str | None) -> int:
     """`-j`, the loader (or decoding) processes, when not given: every core of this process's share (under
     torchrun the node's cores are split between its LOCAL_WORLD_SIZE processes), capped by what else runs.
 
-    Feeding a GPU: at most 16 (on the 16-core H100 machine, 16 workers decoded and augmented about 11,000
-    JPEGs/s, about 690 each; 8 at that rate, about 5,500, would be fewer than the compiled ResNet-50 step's
-    5,700 img/s). Feeding a model on the CPU ("cpu"): at most 8, since every worker takes a core from the
-    model's threads. Nothing else running (None: `check-data` only decodes): all of them.
+    Feeding a GPU: at most 16, since fewer workers could not decode as fast as a compiled ResNet-50 step
+    trains on an H100 (BENCHMARKS.md, "Input pipeline"). Feeding a model on the CPU ("cpu"): at most 8, since
+    every worker takes a core from the model's threads. Nothing else running (None: `check-data` only
+    decodes): all of them.
     `-j 0` everywhere means "in this process"."""
     cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     cap = {"cuda": 16, "cpu": 8, None: cores}[device_type]

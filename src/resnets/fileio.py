@@ -107,7 +107,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def written_by_torch_save(path: str | os.PathLike) -> bool:
     """Whether the file starts as torch.save's output does: a zip archive (torch >= 1.6), or a pickle (older).
-    An ONNX file or an image given as a checkpoint is then named for what it is not, rather than by the
+    An ONNX file or an image given as weights is then named for what it is not, rather than by the
     unpickler's error about whatever its bytes happen to spell."""
     with open(path, "rb") as f:
         head = f.read(4)

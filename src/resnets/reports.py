@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg for PNG
-from sklearn.metrics import precision_recall_fscore_support
 
 from .fileio import atomic_write, atomic_write_text
 
@@ -44,6 +42,9 @@ def classification_report(targets: Any, predictions: Any, class_names: Sequence[
     Values are plain Python floats/ints so the rows go into JSON as they are. A class never predicted has
     precision 0 (sklearn's zero_division=0), not NaN, so averages stay defined.
     """
+    # scikit-learn (and the SciPy beneath it) takes a second to import: only when a report is written
+    from sklearn.metrics import precision_recall_fscore_support
+
     labels = list(range(len(class_names)))
     cm = confusion_matrix(targets, predictions, len(class_names))  # also validates the indices
     targets, predictions = _as_labels(targets, "targets"), _as_labels(predictions, "predictions")
@@ -105,6 +106,8 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
     Colour by row share rather than raw count so that small classes are as visible as large ones. Above
     30 classes only non-zero cells carry a number, which keeps 100 classes legible.
     """
+    from matplotlib.figure import Figure  # no pyplot: no global figure state; imported only when plotting
+
     cm = np.asarray(cm)
     n = len(class_names)
     if cm.shape != (n, n):

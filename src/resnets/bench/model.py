@@ -128,7 +128,8 @@ def make_step(model: nn.Module, s: BenchSettings, device: torch.device, ours: bo
     return train_step
 
 
-def _trainer_step(model: nn.Module, s: BenchSettings, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+def _trainer_step(model: nn.Module, s: BenchSettings, device: torch.device,
+                  ) -> Callable[[torch.Tensor, torch.Tensor], Any]:
     """`resnets train`'s step with the same SGD settings as the reference loop (momentum 0.9, lr 0.1)."""
     model.train()
     compiled = s.compile != "off"

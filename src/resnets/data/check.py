@@ -205,4 +205,5 @@ def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path
     return DataReport(str(path), splits, sorted(broken), sorted(duplicates), sorted(leaks), mismatch,
                       too_few_classes=too_few_classes(list(splits[0].class_counts), splits[0].root),
                       max_imbalance=max_imbalance, files=len(paths),
-                      workers=workers if workers > 1 and len(paths) >= 2 * workers else 1, seconds=time.perf_counter() - start)
+                      workers=workers if workers > 1 and len(paths) >= 2 * workers else 1,
+                      seconds=time.perf_counter() - start)

@@ -1,6 +1,6 @@
 """Labelled image datasets split into train and val: image folders, a CSV list, scikit-learn digits, CIFAR.
 
-`load_splits` is what training calls; `load_eval_set` is what `resnets eval` calls with a checkpoint's
+`load_splits` is what training calls; `load_eval_set` is what `resnets eval` calls with a model's
 class names. Every problem with the data is a one-line `DataError` raised here, before training starts,
 rather than a stack trace from a DataLoader worker an epoch later.
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
@@ -298,6 +297,8 @@ def _csv_splits(data_dir: Path, val_fraction: float, seed: int, train_transform:
 
 def digits_images() -> tuple[torch.Tensor, list[int]]:
     """scikit-learn's 1,797 handwritten digits as uint8 (N, 3, 32, 32) images, and their labels 0..9."""
+    from sklearn.datasets import load_digits  # ships with scikit-learn (no download); a second to import
+
     digits = load_digits()
     images = torch.from_numpy(digits.images * (255 / 16)).round().to(torch.uint8)  # (N, 8, 8), ink 0..16
     images = v2.functional.resize(images[:, None], [DIGITS_SIZE, DIGITS_SIZE],
@@ -375,7 +376,7 @@ def load_eval_set(data_dir: str | Path, transform: Transform,
                   class_names: list[str] | None = None) -> tuple[Dataset, list[int], list[str]]:
     """An ImageFolder to evaluate on: data_dir/val, else data_dir/test, else data_dir itself.
 
-    With `class_names` (a checkpoint's), the folder's classes must be exactly those, and labels follow
+    With `class_names` (a model's), the folder's classes must be exactly those, and labels follow
     their order, which need not be sorted (CIFAR's is not).
     """
     data_dir = Path(data_dir).expanduser()

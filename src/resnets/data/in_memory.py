@@ -64,8 +64,8 @@ class ImageStore:
 def build_store(dataset: Dataset, side: int, pretrained_cfg: PretrainedCfg, workers: int = 0) -> ImageStore:
     """Decode every item of `dataset` (an ImageFiles or TensorImages) once, at `side` x `side`."""
     stored = copy.copy(dataset)  # the same items, stored rather than augmented
-    stored.transform = v2.Compose([v2.ToImage(), v2.Resize(side, interpolation=INTERPOLATION[pretrained_cfg.interpolation],  # type: ignore[attr-defined]
-                                                           antialias=True), v2.CenterCrop(side)])
+    resize = v2.Resize(side, interpolation=INTERPOLATION[pretrained_cfg.interpolation], antialias=True)
+    stored.transform = v2.Compose([v2.ToImage(), resize, v2.CenterCrop(side)])  # type: ignore[attr-defined]
     loader = DataLoader(stored, batch_size=256, num_workers=workers, collate_fn=collate_skipping)
     images, labels, broken = [], [], {}
     for batch_images, batch_labels, unreadable in loader:

@@ -5,8 +5,8 @@ RandomResizedCrop + flip (Inception-style, as torchvision/timm). Evaluation resi
 center-crops. Inputs may be PIL images or uint8 tensors (C, H, W).
 
 With `normalize=False` the transforms end in uint8 and `DeviceNormalize` finishes the batch where the model
-runs: loader workers then skip the float conversion and hand over a quarter of the bytes (measured on the
-H100 machine, 16 workers, ResNet-50 at 224 px: 11,081 img/s uint8 against 7,197 float).
+runs: loader workers then skip the float conversion and hand over a quarter of the bytes, which is what
+limits a fast GPU's input pipeline (BENCHMARKS.md, "Input pipeline, ResNet-50 training from a folder of JPEGs").
 """
 from __future__ import annotations
 

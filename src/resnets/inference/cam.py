@@ -15,8 +15,6 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 from torch import nn
 
 from ..data.transforms import eval_transform
@@ -105,6 +103,9 @@ def denormalize(image: torch.Tensor, pretrained_cfg: PretrainedCfg) -> np.ndarra
 
 def save_cam_figure(rgb: np.ndarray, heatmap: np.ndarray, title: str, path: str | Path, dpi: int = 100) -> Path:
     """Two panels: the model's input, and the heatmap (jet colormap) blended over it."""
+    from matplotlib import colormaps  # only `resnets cam` draws: the other commands need not import it
+    from matplotlib.figure import Figure
+
     overlay = (1 - CAM_ALPHA) * rgb + CAM_ALPHA * colormaps["jet"](heatmap)[..., :3]
     overlay = overlay.clip(0, 1)  # rounding can end a hair above 1: imshow would warn "Clipping input data"
     fig = Figure(figsize=(8, 4.4), dpi=dpi, layout="constrained")
@@ -160,7 +161,8 @@ def cam_images(model: nn.Module, paths: Sequence[str | Path], output_dir: str | 
             c, p = result.class_indices[i], result.probabilities[i]
             shown = "predicted" if c == result.predicted[i] else f"predicted {names[result.predicted[i]]}; shown"
             title = f"{file.name}: {shown} {names[c]} (p={p:.3f}), {name}"
-            png = save_cam_figure(denormalize(images[i], model.pretrained_cfg), result.heatmaps[i].numpy(), title, pngs[file])
+            rgb = denormalize(images[i], model.pretrained_cfg)
+            png = save_cam_figure(rgb, result.heatmaps[i].numpy(), title, pngs[file])
             single = CamResult(result.heatmaps[i:i + 1], [c], [p], [result.predicted[i]])
             written.append((png, single))
     require_some(len(written), list(paths))

@@ -19,12 +19,10 @@ def _has_hooks(model: nn.Module) -> bool:
 
 def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     """The module that predict and evaluate run, in eval mode: on the CPU a BN-folded copy in channels_last
-    memory, elsewhere `model` itself. On 2 cores (fp32, BENCHMARKS.md) the fold gave 1.04-1.09x the images
-    per second for ResNet-50, 1.00-1.05x for ResNet-18; channels_last weights another 1.28-1.41x at batch 32
-    and 224 px for all four ImageNet families, and 1.3x for the CIFAR models (oneDNN's native layout; the
-    contiguous batches need no conversion by the caller, the first conv makes it). On an H100 the folded
-    convs measured 5-12% slower in eager mode (cuDNN's conv-with-bias path), so the GPU folds only under
-    torch.compile (`resnets bench`).
+    memory (oneDNN's native layout; the first conv converts the contiguous batches), elsewhere `model` itself.
+    Both rewrites pay on the CPU for every family measured; on an H100 the folded convs were slower in eager
+    mode (cuDNN's conv-with-bias path), so the GPU folds only under torch.compile (`resnets bench`). Figures:
+    BENCHMARKS.md, "Inference with BN folded into the convs" and "Inference in channels_last memory".
 
     The fold is an optimisation, never a requirement: a model with forward hooks (they would fire once, on
     torch.fx's tracing proxies, and never on the copy) or one that torch.fx cannot trace (control flow on

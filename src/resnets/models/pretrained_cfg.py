@@ -19,7 +19,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # equality as a mapping's (below): it equals a dict with the same items
 class PretrainedCfg(Mapping):
     """Args:
         input_size: (channels, height, width) the weights were trained at.
@@ -74,7 +74,13 @@ class PretrainedCfg(Mapping):
         """Plain JSON values (lists, not tuples), as written into weights files and exports."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-    # Mapping: read-only access by key, as timm's dicts.
+    # Mapping: read-only access by key, as timm's dicts; equal to any mapping with the same items.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.items()))
+
     def __getitem__(self, key: str) -> Any:
         if key not in self._fields():
             raise KeyError(key)
@@ -92,4 +98,7 @@ class PretrainedCfg(Mapping):
 
 
 def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:  # math.isfinite of an int past a float's range (10**400, from JSON) raises OverflowError
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False

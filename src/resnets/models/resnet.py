@@ -85,6 +85,7 @@ class ResNetConfig:
                              std=(0.5,) * self.in_chans)
 
     def validate(self) -> None:
+        self._check_types()
         checks = [
             (self.block in BLOCKS, f"block={self.block!r} is not one of {', '.join(BLOCKS)}"),
             (self.stem in STEMS, f"stem={self.stem!r} is not one of {', '.join(STEMS)}"),
@@ -103,6 +104,24 @@ class ResNetConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def _check_types(self) -> None:
+        """Each field of its declared kind: a config read from a file is untrusted, and `layers=[1.5, ...]`
+        would otherwise fail deep inside the build, as a TypeError."""
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        kinds = {"layers": lambda v: isinstance(v, tuple) and v and all(whole(n) for n in v),
+                 "channels": lambda v: isinstance(v, tuple) and v and all(whole(n) and n >= 1 for n in v),
+                 "expansion": lambda v: v is None or whole(v) and v >= 1, "block": lambda v: isinstance(v, str),
+                 "stem": lambda v: isinstance(v, str), "global_pool": lambda v: isinstance(v, str),
+                 "attention": lambda v: v is None or isinstance(v, str),
+                 **{k: whole for k in ("cardinality", "base_width", "scale", "stem_width", "num_classes", "in_chans",
+                                       "output_stride")},
+                 **{k: number for k in ("drop_rate", "drop_path_rate")},
+                 **{k: lambda v: isinstance(v, bool) for k in ("avg_down", "zero_pad_shortcut", "zero_init_last")}}
+        for name, ok in kinds.items():
+            if not ok(getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not of its kind ({self.__annotations__[name]})")
 
 
 def make_stem(cfg: ResNetConfig) -> tuple[nn.Module, nn.Module, int, int]:

@@ -1,7 +1,7 @@
 """Weights files: reading (safetensors, or `torch.load(weights_only=True)` only, never pickled code), fitting
 them into a model, and writing them with the model's metadata inside.
 
-Checkpoints of torchvision, timm and the official Res2Net release share our parameter names; the prlz77 CIFAR
+Weights of torchvision, timm and the official Res2Net release share our parameter names; the prlz77 CIFAR
 ResNeXt ones are renamed on load. A classifier of another size is skipped and reported. This module knows
 files and models, not names: building a model by name is the registry's, above it.
 """
@@ -21,8 +21,9 @@ from safetensors.torch import save
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import (atomic_write_bytes, content_digest, written_as_safetensors, written_by_torch_save)
+from ..fileio import atomic_write_bytes, content_digest, written_as_safetensors, written_by_torch_save
 from ..messages import listed, one_line
+from .features import FeatureExtractor
 from .pretrained_cfg import PretrainedCfg
 from .resnet import ResNet, ResNetConfig
 
@@ -115,9 +116,6 @@ def _read_torch_save(path: Path) -> tuple[Any, dict[str, Any]]:
             f"(resnets loads only with weights_only=True): {detail}") from None
     except Exception as e:  # zip/EOF/unpickling errors of a damaged file all mean the same to a user
         raise CheckpointError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {one_line(e)})") from None
-    if isinstance(state, dict) and "optimizer" in state and "progress" in state:  # what `resnets train` resumes from
-        raise CheckpointError(f"{path}: a training checkpoint (for `resnets train --resume`), not weights; use "
-                              f"{RUN_WEIGHTS[0]} or {RUN_WEIGHTS[1]} of its run folder")
     if isinstance(state, dict):
         for key in _WRAPPER_KEYS:
             if isinstance(state.get(key), dict):
@@ -161,41 +159,41 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], metadata: dict[
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")
                and not (k.startswith(CLASSIFIER_PREFIX) and report.skipped)]
     unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
                   for k in state if k in expected and state[k].shape != expected[k].shape]
     if strict and (missing or unexpected or mismatched):
-        name = model.arch_name or type(model).__name__
+        name = getattr(model, "arch_name", None) or type(model).__name__  # any nn.Module takes weights
         problems = [f"{len(v)} {what} ({listed(v, 3)})" for what, v in
                     (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if v]
         raise CheckpointError(f"{source}: does not fit {name}, probably another architecture: "
                               f"{'; '.join(problems)} keys")
-    pretrained_cfg, class_names = _file_metadata(metadata, model, source)
     model.load_state_dict(state, strict=False)
-    if pretrained_cfg is not None:
-        model.pretrained_cfg = pretrained_cfg
-    if class_names is not None and not report.skipped and hasattr(model, "class_names"):
-        try:
-            model.class_names = class_names
-        except ConfigError as e:  # a head of N classes and a list of M names: the file contradicts itself
-            raise CheckpointError(f"{source}: {e}") from None
+    if isinstance(model, (ResNet, FeatureExtractor)):  # a resnets model takes the file's metadata too
+        _apply_metadata(model, metadata, source, with_class_names=not report.skipped)
     return report
 
 
-def _file_metadata(metadata: dict[str, Any], model: nn.Module, source: str | Path,
-                   ) -> tuple[PretrainedCfg | None, list[str] | None]:
-    """The preprocessing and class names a file claims, checked: a file is untrusted, its metadata too."""
-    pretrained_cfg = class_names = None
+def _apply_metadata(model: ResNet | FeatureExtractor, metadata: dict[str, Any], source: str | Path,
+                    with_class_names: bool = True) -> None:
+    """The preprocessing and class names a file claims, checked before the model takes them: a file is
+    untrusted, its metadata too. A head of N classes with M names, or a 1-channel preprocessing for a 3-channel
+    model, is a file that contradicts itself."""
     try:
-        if isinstance(metadata.get("pretrained_cfg"), dict):
+        if metadata.get("pretrained_cfg") is not None:
+            if not isinstance(metadata["pretrained_cfg"], dict):
+                raise ConfigError("pretrained_cfg is not a mapping")
             pretrained_cfg = PretrainedCfg.from_dict(metadata["pretrained_cfg"], base=model.pretrained_cfg)
+            if pretrained_cfg.input_size[0] != model.pretrained_cfg.input_size[0]:
+                raise ConfigError(f"pretrained_cfg is for {pretrained_cfg.input_size[0]}-channel input, the model "
+                                  f"takes {model.pretrained_cfg.input_size[0]}")
+            model.pretrained_cfg = pretrained_cfg
+        names = metadata.get("class_names")
+        if names is not None and with_class_names and isinstance(model, ResNet):
+            if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+                raise ConfigError("class_names is not a list of names")
+            model.class_names = [str(n) for n in names]
     except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{source}: its preprocessing metadata is not usable ({one_line(e)})") from None
-    names = metadata.get("class_names")
-    if isinstance(names, list):
-        if not all(isinstance(n, (str, int)) for n in names):
-            raise CheckpointError(f"{source}: its class_names metadata is not a list of names")
-        class_names = [str(n) for n in names]
-    return pretrained_cfg, class_names
+        raise CheckpointError(f"{source}: its metadata is not usable ({one_line(e)})") from None
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
@@ -235,22 +233,15 @@ def save_weights(model: nn.Module, path: str | Path, class_names: list[str] | No
 
 def build_from_metadata(meta: dict[str, Any], source: str | Path) -> ResNet:
     """The (untrained) model described by `model_metadata`'s output, with its preprocessing and class names."""
+    if "optimizer" in meta and "progress" in meta:  # what `resnets train` resumes from: weights inside, no model
+        raise CheckpointError(f"{source}: a training checkpoint (for `resnets train --resume`), not weights with "
+                              f"their architecture; use {RUN_WEIGHTS[0]} or {RUN_WEIGHTS[1]} of its run folder")
+    args, arch_name = meta.get("args"), meta.get("architecture")
     try:
         arch = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(meta["config"]).items()}
-        cfg = ResNetConfig().replace(**arch)
-        cfg.validate()
-    except (KeyError, TypeError, ValueError) as e:
+        model = ResNetConfig().replace(**arch).build(arch_name=arch_name if isinstance(arch_name, str) else None,
+                                                     arch_args=args if isinstance(args, dict) else None)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"{source}: architecture metadata is not a resnets config ({one_line(e)})") from None
-    args = meta.get("args")
-    arch_name = meta.get("architecture")
-    model = cfg.build(arch_name=arch_name if isinstance(arch_name, str) else None,
-                      arch_args=args if isinstance(args, dict) else None)
-    pretrained_cfg, class_names = _file_metadata(meta, model, source)
-    if pretrained_cfg is not None:
-        model.pretrained_cfg = pretrained_cfg
-    if class_names is not None:
-        try:
-            model.class_names = class_names
-        except ConfigError as e:
-            raise CheckpointError(f"{source}: {e}") from None
+    _apply_metadata(model, meta, source)
     return model

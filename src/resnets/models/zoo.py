@@ -149,7 +149,8 @@ def cifar_resnext_config(depth: int = 29, cardinality: int = 8, base_width: int 
 def cifar_resnet_config(depth: int = 20, num_classes: int = 10) -> ResNetConfig:
     """A CIFAR ResNet of depth 6n+2 (He et al. 2016, sec. 4.2): 16/32/64 channels, option-A shortcuts."""
     if depth < 8 or (depth - 2) % 6:
-        raise ConfigError(f"CIFAR ResNet depth must satisfy (depth - 2) % 6 == 0 (20, 32, 44, 56, 110, ...), got {depth}")
+        raise ConfigError(f"CIFAR ResNet depth must satisfy (depth - 2) % 6 == 0 (20, 32, 44, 56, 110, ...), "
+                          f"got {depth}")
     n = (depth - 2) // 6
     # No zero-init of the last BN here (as the paper): with parameter-free shortcuts an all-identity start
     # leaves the head only the stem's features, and training stalls for epochs (measured on digits).

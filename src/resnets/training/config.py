@@ -23,7 +23,7 @@ from .optim import LR_SCALING, OPTIMIZERS, SCHEDULES
 GROUPS = [("data", "data"), ("model", "model"), ("optimisation", "optimisation"), ("augmentation", "augmentation"),
           ("hardware", "hardware and speed"), ("checkpoints", "run folder, checkpoints and reproducibility"),
           ("distributed", "several processes (torchrun; -b is per process)"), ("logging", "logging")]
-IMBALANCE = ("none", "weights", "sampler")  # --imbalance (run.py: class-weighted loss, balanced sampler)
+IMBALANCE = ("none", "weights", "sampler")  # --imbalance: class-weighted loss (step.py), balanced sampling (run.py)
 
 
 @dataclass
@@ -31,7 +31,7 @@ class TrainConfig:
     """Everything a training run depends on. The resolved copy is written to the run's config.yaml.
 
     The defaults are the embedded demo: the scikit-learn handwritten digits (1,797 8x8 images, upscaled to
-    32x32) on a CIFAR ResNet-20, about two minutes on two CPU cores.
+    32x32) on a CIFAR ResNet-20, about a minute on two CPU cores.
     """
 
     dataset: str = option("digits", "what --data-dir holds (a folder or a .csv path implies folder or csv)",
@@ -210,10 +210,21 @@ def _check_combinations(cfg: TrainConfig) -> None:
             raise ConfigError(message)
 
 
-# What a run's config.yaml records beside the options (run_dir.py): outcomes of the run, not options. Reading
-# the file back with `-c` drops them, so a run's own config.yaml starts the same run again.
-RECORDED_KEYS = ("resolved_device", "resolved_amp", "resolved_channels_last", "world_size", "global_batch",
-                 "resolved_lr", "elastic_run_id")
+@dataclass
+class Recorded:
+    """What a run's config.yaml records beside the options: what this machine made of them, not options.
+    Reading the file back with `-c` drops these keys, so a run's own config.yaml starts the same run again."""
+
+    resolved_device: str
+    resolved_amp: str
+    resolved_channels_last: bool
+    world_size: int
+    global_batch: int
+    resolved_lr: float
+    elastic_run_id: str | None  # torchrun's job id: a restarted attempt finds its run by it
+
+
+RECORDED_KEYS = tuple(f.name for f in dataclasses.fields(Recorded))
 
 
 def make_config(overrides: dict[str, Any]) -> TrainConfig:

@@ -7,7 +7,7 @@ no-op and the run is the plain single-process one. The rules the trainer keeps:
   number of processes; each sample's augmentation depends on (seed, epoch, index), not on the rank;
 * any decision that changes which collectives run next (skip a batch, skip a non-finite step, stop on
   bad data) is taken together, from values all ranks exchanged, or DDP would wait forever;
-* only rank 0 writes files; the others learn the run directory from it.
+* only rank 0 writes files; the others learn the run folder from it.
 
 Small host-side exchanges (flags, file names, lists of bad files) go over a gloo group, so that with NCCL
 they do not force the GPU to drain its queue.

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import TrainingError
+from ..messages import warn
 from .config import TrainConfig
 from .optim import lr_factor, set_lr
 from .step import BatchNormStatistics, TrainStep
@@ -86,6 +87,10 @@ class StepAccounting:
     def _new_cycle(self) -> None:
         self.batches, self.sums, self.nonfinite_at, self.bad_loss = 0, [0.0, 0.0, 0.0, 0.0], "", "non-finite"
 
+    def add(self, report: StepReport) -> None:
+        """A batch's report, queued: it is read once the next batch's work is queued behind it."""
+        self.pending.append(report)
+
     def read(self, keep: int = 0) -> None:
         """Count every pending report but the newest `keep` (those may still be on their way)."""
         while len(self.pending) > keep:
@@ -114,8 +119,8 @@ class StepAccounting:
                                     f"--clip-grad, or --skip-nonfinite N")
             progress.nonfinite_in_a_row += 1
             if self.is_main:
-                print(f"warning: skipped a non-finite loss at {self.nonfinite_at} "
-                      f"({progress.nonfinite_in_a_row} in a row, at most {self.limit})", file=sys.stderr)
+                warn(f"skipped a non-finite loss at {self.nonfinite_at} "
+                     f"({progress.nonfinite_in_a_row} in a row, at most {self.limit})")
         elif self.batches:
             progress.nonfinite_in_a_row = 0
             progress.global_step += 1
@@ -125,10 +130,11 @@ class StepAccounting:
             progress.seen += int(seen)
         self._new_cycle()
 
-    def checkpoint_due(self, every: int) -> bool:
-        """Whether the step just queued is a multiple of `every` (--checkpoint-every) not yet saved. A checkpoint
-        holds the progress of every batch so far, so they are all read first; the count of steps is known only
-        then. Until then it is bounded above by the steps pending, a bound that moves one per cycle."""
+    def claim_checkpoint(self, every: int) -> bool:
+        """True, once, when the step just queued is a multiple of `every` (--checkpoint-every): the caller then
+        writes its checkpoint. A checkpoint holds the progress of every batch so far, so they are all read first;
+        the count of steps is known only then. Until then it is bounded above by the steps pending, a bound that
+        moves one per cycle."""
         if (self.progress.global_step + sum(r.cycle_end for r in self.pending)) % every:
             return False
         self.read()
@@ -182,20 +188,21 @@ def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progres
         # Every file of the batch was unreadable: the batch still counts (for resuming mid-epoch) and is
         # skipped by every process, since one process alone leaving the step would stall DDP's all-reduce.
         if may_be_empty and ctx.any(not len(labels)):
-            accounting.pending.append(StepReport(None, None, progress.batch_in_epoch, cycle_end))
+            accounting.add(StepReport(None, None, progress.batch_in_epoch, cycle_end))
             if cycle_end and cycle_skip is not None and step.ddp is not None:
                 ctx.average_gradients(step.model)  # the batches before ran under no_sync: nothing averaged them
         else:
             stats = step.forward_backward(images, labels, cycle_end)
             nonfinite = (stats[4] > 0).to(stats.dtype)
             cycle_skip = nonfinite if cycle_skip is None else torch.maximum(cycle_skip, nonfinite)
-            accounting.pending.append(StepReport.of(stats, progress.batch_in_epoch, cycle_end))
+            accounting.add(StepReport.of(stats, progress.batch_in_epoch, cycle_end))
         if cycle_end and cycle_skip is not None:
-            step.apply(cycle_skip, bn_statistics)
+            step.optimizer_step(cycle_skip, bn_statistics)
             cycle_skip = None
         accounting.read(keep=1)  # the batch before this one: done, or nearly, while this one is queued
         _show(bar, progress, start)
-        if cfg.checkpoint_every and cycle_end and i + 1 < remaining and accounting.checkpoint_due(cfg.checkpoint_every):
+        mid_epoch = cycle_end and i + 1 < remaining  # the epoch's end has a checkpoint of its own
+        if cfg.checkpoint_every and mid_epoch and accounting.claim_checkpoint(cfg.checkpoint_every):
             checkpoint()
     accounting.read()
     _show(bar, progress, start)

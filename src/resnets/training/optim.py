@@ -23,8 +23,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def fused_optimizer(cls: type[torch.optim.Optimizer], params: Iterable, **kwargs) -> torch.optim.Optimizer:
     """`cls(params, fused=True, ...)` where torch has the fused kernel for every parameter's device and dtype
     (CUDA, and the CPU since torch 2.4), else the default implementation. Fused: one kernel over all
-    parameters instead of a loop of small ones per tensor; ResNet-50's SGD step on this project's 2-core CPU
-    took 13 ms fused, 26 ms by default."""
+    parameters instead of a loop of small ones per tensor: half the step time on the CPU (BENCHMARKS.md,
+    "Fused SGD on the CPU")."""
     params = list(params)
     tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
     # torch checks the devices only at the first step(), so a wrong choice would fail the run there

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..models.pretrained_cfg import PretrainedCfg
 from ..models.resnet import check_img_size
 from ..models.weights import load_weights
 from .checkpoint import rng_state, seed_everything
-from .config import TrainConfig
+from .config import Recorded, TrainConfig
 from .distributed import Distributed, convert_sync_bn, elastic_run_id
 from .epoch import Progress
 from .resume import Resumed, checkpoint_state, locate_resume, restore
@@ -54,6 +55,10 @@ class Run:
 
     def save_checkpoint(self) -> None:
         """A checkpoint of this exact place; every rank gives its random state, rank 0 writes."""
+        if self.step.ema is not None:
+            # The EMA averages each process's own BN statistics, and only rank 0's copy is saved: make the copies
+            # equal first, so that a resumed run carries on from what every process had.
+            self.ctx.average_buffers(self.step.ema.module)
         rngs = self.ctx.gather(rng_state())  # each process's own streams, for an exact resume at the same size
         if self.ctx.is_main:
             state = checkpoint_state(self.step, self.progress, self.history, self.cfg, self.splits.class_names, rngs)
@@ -92,8 +97,9 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
     else:
         run_dir = RunDir(ctx.on_main(lambda: RunDir.create(cfg.output, cfg.name, cfg.model).path))
     step = wrap_step(step, cfg, device)  # after restoring: DDP starts every process from rank 0's weights
-    run = Run(cfg, ctx, splits, step, train_loader, val_loader, sampler, bad_files, run_dir, len(train_loader),
-              progress, history)
+    run = Run(cfg=cfg, ctx=ctx, splits=splits, step=step, train_loader=train_loader, val_loader=val_loader,
+              sampler=sampler, bad_files=bad_files, run_dir=run_dir, batches_per_epoch=len(train_loader),
+              progress=progress, history=history)
     if ctx.is_main:
         _start_run_dir(run, device, amp, channels_last, pretrained_cfg)
     run.say(f"{splits.description}; model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) "
@@ -112,7 +118,7 @@ def _start_run_dir(run: Run, device: torch.device, amp: str, channels_last: bool
                    pretrained_cfg: PretrainedCfg) -> None:
     """config.yaml, the bad-file list and TensorBoard of a run about to train (rank 0)."""
     cfg = run.cfg
-    run.run_dir.write_config(cfg.to_dict(), dict(
+    run.run_dir.write_config(cfg.to_dict(), Recorded(
         resolved_device=str(device), resolved_amp=amp, resolved_channels_last=channels_last,
         world_size=run.ctx.world_size, global_batch=cfg.batch_size * run.ctx.world_size,
         resolved_lr=run.step.base_lr, elastic_run_id=elastic_run_id()))
@@ -163,7 +169,7 @@ def build_model(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: Pretrained
     check_img_size(model, pretrained_cfg.input_size[-1])
     if cfg.pretrained and from_pretrained:
         load_pretrained(model, cfg, list(splits.class_names))
-    # After loading: a checkpoint's own preprocessing and classes must not replace this run's.
+    # After loading: the weights' own preprocessing and classes must not replace this run's.
     model.pretrained_cfg, model.class_names = pretrained_cfg, list(splits.class_names)
     if cfg.freeze_backbone:
         for p in model.parameters():
@@ -232,8 +238,13 @@ def in_memory_store(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: Pretra
     """--in-memory: the training images decoded once, on `device`. Rank 0 decodes (and caches a folder)
     first; the other processes then read its cache instead of decoding the same files again."""
     side = store_size(pretrained_cfg, cfg.img_size)
-    build = lambda: cached_store(splits.train, side, pretrained_cfg, cfg.cache_dir, cfg.workers)  # noqa: E731
-    store, path, built = ctx.on_main(build, share=lambda made: (None, *made[1:]))
+    def build() -> tuple[ImageStore, Path | None, bool]:
+        return cached_store(splits.train, side, pretrained_cfg, cfg.cache_dir, cfg.workers)
+
+    def without_the_store(made: tuple[ImageStore, Path | None, bool]) -> tuple[None, Path | None, bool]:
+        return None, *made[1:]  # the others read the cache file rank 0 wrote, rather than receive the tensor
+
+    store, path, built = ctx.on_main(build, share=without_the_store)
     if store is None:
         store = build()[0]
     need = store.images.numel()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 from datetime import datetime
@@ -29,6 +30,7 @@ from ..fileio import atomic_copy, atomic_write_json, atomic_write_text
 from ..models.weights import RUN_WEIGHTS, save_weights
 from ..reports import write_class_reports
 from .checkpoint import abandon_newer_checkpoints, remove_stray_temp_files, save_checkpoint
+from .config import Recorded
 from .plots import plot_curves
 
 SUMMARY_FIELDS = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr",
@@ -70,9 +72,10 @@ class RunDir:
         for newer in abandon_newer_checkpoints(self.path, resumed_from):
             print(f"moved {newer.name} (newer than the checkpoint resumed from) to {newer.parent}", file=sys.stderr)
 
-    def write_config(self, options: dict[str, Any], recorded: dict[str, Any]) -> None:
-        """config.yaml: the options, then what this machine made of them (RECORDED_KEYS)."""
-        atomic_write_text(self.path / "config.yaml", yaml.safe_dump({**options, **recorded}, sort_keys=False))
+    def write_config(self, options: dict[str, Any], recorded: Recorded) -> None:
+        """config.yaml: the options, then what this machine made of them."""
+        text = yaml.safe_dump({**options, **dataclasses.asdict(recorded)}, sort_keys=False)
+        atomic_write_text(self.path / "config.yaml", text)
 
     def open_tensorboard(self, model: nn.Module, example: torch.Tensor) -> None:
         try:

@@ -84,7 +84,7 @@ class TrainStep:
                            (~torch.isfinite(loss)).to(loss.dtype).reshape(1)])
         return self.dist.sum_(stats)
 
-    def apply(self, skip: torch.Tensor, bn_statistics: BatchNormStatistics | None = None) -> None:
+    def optimizer_step(self, skip: torch.Tensor, bn_statistics: BatchNormStatistics | None = None) -> None:
         """The optimizer step after an accumulation cycle, skipped on the device where `skip` (a 0-dim flag) is
         set; then the BN statistics put back if skipped, and the EMA moved unless skipped."""
         if self.clip_grad > 0:
@@ -100,7 +100,7 @@ class TrainStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One batch that is one whole step (no accumulation), as `resnets bench` times it."""
         stats = self.forward_backward(images, labels, cycle_end=True)
-        self.apply((stats[4] > 0).to(stats.dtype))
+        self.optimizer_step((stats[4] > 0).to(stats.dtype))
         return stats
 
 
@@ -168,8 +168,9 @@ def make_train_step(model: nn.Module, cfg: TrainConfig, pretrained_cfg: Pretrain
 def wrap_step(step: TrainStep, cfg: TrainConfig, device: torch.device) -> TrainStep:
     """The step that calls the model through DDP (several processes) and torch.compile (--compile, its caches
     kept across runs). Wrapped once the weights are final: DDP starts every process from rank 0's."""
-    ddp = wrap_model(step.model, step.dist, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph) if step.dist.enabled \
-        else None
+    ddp = None
+    if step.dist.enabled:
+        ddp = wrap_model(step.model, step.dist, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph)
     step_model = step.model if ddp is None else ddp
     if cfg.compile:
         keep_compile_cache(cfg.cache_dir)

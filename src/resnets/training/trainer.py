@@ -87,16 +87,21 @@ def validate(run: Run) -> EvalResult:
     for module in {id(m): m for m in (step.model, step.eval_model)}.values():
         ctx.average_buffers(module)
     result = evaluate_shards(run)
-    bad_files = run.bad_files
+    share_bad_files(run)
+    if len(run.bad_files) != run.classes_checked_at:  # a scan of every sample: only when new broken files turned up
+        require_every_class(run)
+        run.classes_checked_at = len(run.bad_files)
+    return result
+
+
+def share_bad_files(run: Run) -> None:
+    """Unite the processes' lists of unreadable files, stop together past the limit, report once."""
+    bad_files, ctx = run.bad_files, run.ctx
     if ctx.enabled:  # add() checks the limit on the united list: every process raises or none does
         bad_files.add(Unreadable(file, reason) for reasons in ctx.gather(dict(bad_files.reasons))
                       for file, reason in reasons.items())
     if ctx.is_main:
         bad_files.report()
-    if len(bad_files) != run.classes_checked_at:  # a scan of every sample: only when new broken files turned up
-        require_every_class(run)
-        run.classes_checked_at = len(bad_files)
-    return result
 
 
 def evaluate_shards(run: Run) -> EvalResult:

@@ -3,14 +3,15 @@
 Counted on the meta device (shapes only), so even the 68M-parameter CIFAR ResNeXt costs milliseconds.
 ResNet-50 / ResNeXt-50 / Res2Net-50 counts are those of torchvision's and the official Res2Net weights;
 the papers round them to 25.6M / 25.0M / 25.7M. The CIFAR ResNeXt-29 counts are the 34.4M and 68.1M of
-Xie et al. (2017) Table 7; the CIFAR ResNets the 0.27M ... 1.7M of He et al. (2016) Table 6.
+Xie et al. (2017) Table 7; the CIFAR ResNets the 0.27M ... 1.7M of He et al. (2016) Table 6. The widths that
+keep ResNeXt-50's complexity at each cardinality are those of Xie et al. (2017) Table 2.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from resnets.analysis import count_macs
+from resnets.analysis import count_macs, design_widths
 from resnets.models import cifar_resnet, cifar_resnext, create_model
 
 
@@ -71,3 +72,11 @@ def test_macs_scale_with_resolution():
     macs_448, _ = count_macs(model, (3, 448, 448))
     # Every feature map has 4x the pixels (448 / 32 = 14 = 2 x 7, no rounding); the classifier does not grow.
     assert macs_448 - 2048 * 1000 == 4 * (macs_224 - 2048 * 1000)
+
+
+def test_design_reproduces_resnext_table_2():
+    rows = design_widths("resnext50", [1, 2, 4, 8, 32])
+    assert [(r.cardinality, r.width) for r in rows] == [(1, 64), (2, 40), (4, 24), (8, 14), (32, 4)]
+    assert rows[-1].params == 25_028_904 and round(rows[-1].gmacs, 2) == 4.23
+    base = rows[0].params
+    assert all(abs(r.params - base) / base < 0.03 for r in rows)  # paper: 25.0M-25.6M, "complexity-preserving"

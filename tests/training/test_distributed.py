@@ -24,7 +24,8 @@ from resnets.training.distributed import Distributed, convert_sync_bn
 from resnets.training.optim import scaled_lr
 from resnets.training.sampling import EpochSampler
 
-HELPER = Path(__file__).parent / "helpers" / "crashing_train.py"
+HELPERS = Path(__file__).resolve().parents[1] / "helpers"
+HELPER = HELPERS / "crashing_train.py"
 # digits: 1,438 train images, 719 per process, 22 batches of 32 per process and epoch.
 SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--checkpoint-every", "5", "--no-progress"]
 
@@ -196,7 +197,7 @@ def test_two_processes_train_from_the_in_memory_store(tmp_path):
 
 def test_a_cycle_whose_last_batch_a_rank_could_not_read_still_averages_its_gradients():
     # the cycle's other batches ran under no_sync: without an all-reduce the ranks' weights drift apart
-    script = Path(__file__).parent / "helpers" / "ddp_accumulation.py"
+    script = HELPERS / "ddp_accumulation.py"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

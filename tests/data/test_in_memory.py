@@ -19,9 +19,10 @@ from resnets.models.pretrained_cfg import PretrainedCfg
 from resnets.training.checkpoint import list_checkpoints
 from resnets.training.config import TrainConfig
 
-CIFAR_CFG = PretrainedCfg.from_dict({"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 1.0})
-IMAGENET_CFG = PretrainedCfg.from_dict({"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                "crop_pct": 0.875})
+CIFAR_CFG = PretrainedCfg.from_dict({"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
+                                     "crop_pct": 1.0})
+IMAGENET_CFG = PretrainedCfg.from_dict({"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406),
+                                        "std": (0.229, 0.224, 0.225), "crop_pct": 0.875})
 
 
 def test_small_images_are_reflect_padded_cropped_and_flipped_like_the_file_pipeline():

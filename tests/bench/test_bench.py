@@ -45,7 +45,8 @@ def test_train_step_updates_weights_and_infer_does_not():
 def test_bench_cli_writes_json_and_table(tmp_path, capsys, monkeypatch, flag, expected):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", not expected)
     seen = []
-    monkeypatch.setattr("resnets.bench.model._time_steps", lambda *a: seen.append(torch.backends.cudnn.benchmark) or [1.0])
+    monkeypatch.setattr("resnets.bench.model._time_steps",
+                        lambda *a: seen.append(torch.backends.cudnn.benchmark) or [1.0])
     code = main(["bench", "--model", "cifar_resnet20", "--device", "cpu", "-b", "2", "--steps", "1", "--warmup", "1",
                  "--rounds", "1", "--mode", "infer", "--json", str(tmp_path / "b.json"), *flag])
     out = capsys.readouterr().out
@@ -97,12 +98,14 @@ def test_bench_data_dir_times_every_stage_of_the_input_pipeline(tmp_path, capsys
     for name in ("a", "b"):
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(12):
-            Image.fromarray(rng.integers(0, 255, (40 + i, 36, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.jpg")
+            image = Image.fromarray(rng.integers(0, 255, (40 + i, 36, 3), dtype=np.uint8))
+            image.save(tmp_path / "data" / name / f"{i}.jpg")
     (tmp_path / "data" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
     code = main(["bench", "--model", "cifar_resnet20", "--device", "cpu", "-b", "4", "--steps", "2", "--warmup", "1",
                  "--rounds", "1", "--data", str(tmp_path / "data"), "-j", "0", "--json", str(tmp_path / "r.json")])
     assert code == 0
-    stages = {row["stage"]: row["images_per_second"] for row in json.loads((tmp_path / "r.json").read_text())["data_stages"]}
+    report = json.loads((tmp_path / "r.json").read_text())
+    stages = {row["stage"]: row["images_per_second"] for row in report["data_stages"]}
     assert set(stages) == {"files -> batches", "files -> device batches", "files -> memory", "cache -> memory",
                            "memory -> batches", "step <- files", "step <- device decode", "step <- memory",
                            "step <- synthetic"}
@@ -166,7 +169,7 @@ def test_res2net_first_block_branches_as_one_grouped_conv_compute_the_same(tmp_p
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "rows.json"
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "res2net_branches.py"), "--device", "cpu",
                            "--batch", "2", "--img-size", "32", "--steps", "1", "--amp", "off", "--json", str(out)],

@@ -67,7 +67,8 @@ def test_default_config_is_the_digits_demo():
 
 
 @pytest.mark.parametrize("cores,local_procs,device,expected", [
-    (16, 1, "cuda", 16), (64, 1, "cuda", 16), (16, 2, "cuda", 8), (16, 1, "cpu", 8), (2, 1, "cpu", 2), (1, 2, "cuda", 1)])
+    (16, 1, "cuda", 16), (64, 1, "cuda", 16), (16, 2, "cuda", 8), (16, 1, "cpu", 8), (2, 1, "cpu", 2),
+    (1, 2, "cuda", 1)])
 def test_default_loader_workers_feed_a_gpu_with_every_core(monkeypatch, cores, local_procs, device, expected):
     from resnets.device import default_workers
 

@@ -85,7 +85,8 @@ def test_a_batch_the_device_decoder_refuses_is_decoded_file_by_file(monkeypatch)
         raise RuntimeError("nvjpeg: corrupt stream")
 
     monkeypatch.setitem(JPEG_DECODERS, jpeg_decoder(), refuse)
-    good, bad = torch.frombuffer(bytearray(jpeg()), dtype=torch.uint8), torch.frombuffer(bytearray(b"\xff\xd8\xffjunk\xff\xd9"), dtype=torch.uint8)
+    good = torch.frombuffer(bytearray(jpeg()), dtype=torch.uint8)
+    bad = torch.frombuffer(bytearray(b"\xff\xd8\xffjunk\xff\xd9"), dtype=torch.uint8)
     images, broken = decode_batch([good, bad], ["good.jpg", "bad.jpg"], torch.device("cpu"))
     assert images[0] is not None and images[0].shape == (3, 30, 40) and images[1] is None
     assert [b.file for b in broken] == ["bad.jpg"]
@@ -240,13 +241,13 @@ def test_the_gpu_measurement_script_runs_every_variant_on_the_cpu(tmp_path):
 
     for label in ("a", "b"):
         jpeg_folder(tmp_path / "data" / label, count=8)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "device_decode.py"), str(tmp_path / "data"),
                            "--device", "cpu", "--model", "cifar_resnet20", "--batch", "4", "--img-size", "32",
                            "--steps", "2", "--rounds", "1", "--workers", "0", "--json", str(tmp_path / "rows.json")],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1",  # the caller's path too: it may hold TorchCodec
-                                               "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])})
+                               "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])})
     assert done.returncode == 0, done.stderr
     rows = {r["stage"]: r["images_per_second"] for r in json.loads((tmp_path / "rows.json").read_text())["rows"]}
     decoders = ["torchcodec", "torchvision"] if HAS_TORCHCODEC else ["torchvision"]

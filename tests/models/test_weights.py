@@ -113,7 +113,7 @@ def test_checkpoint_of_another_width_is_refused(tmp_path):
         load_weights(cifar_resnext(11, cardinality=2, base_width=8), path)
     message = str(err.value)
     assert str(path) in message and "of another shape" in message
-    assert "checkpoint (8,) vs model (16,)" in message  # 2 groups x 4 wide vs 2 x 8
+    assert "file (8,) vs model (16,)" in message  # 2 groups x 4 wide vs 2 x 8
 
 
 def test_plain_load_state_dict_would_not_skip_the_head(tmp_path):

@@ -30,7 +30,8 @@ SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--no-progress"]  # di
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-def run_train(args: list[str], env_extra: dict | None = None, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+def run_train(args: list[str], env_extra: dict | None = None,
+              wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     cmd = [sys.executable, "-m", "resnets", "train", *map(str, args)]
     if wait:
@@ -134,7 +135,8 @@ def test_retention_keeps_the_newest_and_resume_auto_falls_back(tmp_path, capsys)
         run_dir.mkdir()
         for step in range(1, 6):
             save_checkpoint(run_dir, _state(step), keep=2)
-    assert [p.name for p in list_checkpoints(new_run)] == ["checkpoint-0001-000000004.pt", "checkpoint-0001-000000005.pt"]
+    assert [p.name for p in list_checkpoints(new_run)] == ["checkpoint-0001-000000004.pt",
+                                                          "checkpoint-0001-000000005.pt"]
     newest = list_checkpoints(new_run)[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated by a crash of the disk
     run_dir, path, state = find_checkpoint("auto", tmp_path)

@@ -1,4 +1,6 @@
-"""User mistakes raise the package's own exceptions, with a message that says how to fix them."""
+"""Mistakes in building a model raise the package's own exceptions, with a message that says how to fix them.
+
+Mistakes on the command line are one-line errors: tests/test_cli.py."""
 from __future__ import annotations
 
 import pytest
@@ -78,30 +80,3 @@ def test_out_indices_out_of_range(out_indices):
 def test_out_indices_need_features_only():
     with pytest.raises(ConfigError, match="features_only"):
         create_model("resnet18", out_indices=(1, 2))
-
-
-def test_a_usage_mistake_is_one_line_naming_the_help(capsys):
-    """argparse printed the whole usage first: 39 lines for `train`."""
-    from resnets.cli import main
-
-    code = main(["train", "--epochs", "1e9"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err == "resnets train: error: argument --epochs: invalid int value: '1e9' (see `resnets train --help`)\n"
-
-
-def test_a_path_that_cannot_be_written_is_one_line_before_the_work(tmp_path, capsys):
-    from resnets.cli import main
-
-    (tmp_path / "afile").write_text("x")
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    for json_path, needle in ((folder, "is a folder"), (tmp_path / "afile" / "r.json", "is not a folder")):
-        # --steps 0 would fail in the benchmark itself: the path is refused before it
-        assert main(["bench", "--device", "cpu", "--steps", "0", "--json", str(json_path)]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and needle in err and "--json" in err, err
-    assert main(["train", "--output", str(tmp_path / "afile"), "--epochs", "1", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "afile" in err and "Traceback" not in err, err
-    assert (tmp_path / "afile").read_text() == "x"
