@@ -27,7 +27,9 @@ from resnets.training.sampling import EpochSampler
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 HELPER = HELPERS / "crashing_train.py"
 # digits: 1,438 train images, 719 per process, 22 batches of 32 per process and epoch.
-SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--checkpoint-every", "5", "--no-progress"]
+# --ema-decay: the EMA averages each process's own BN statistics; a resumed run must carry on from them exactly
+SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--checkpoint-every", "5", "--ema-decay", "0.9",
+         "--no-progress"]
 
 
 def torchrun(args: list[str], output: Path, script: Path | None = None, restarts: int = 0, env: dict | None = None,
