@@ -23,10 +23,12 @@ TIMM = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resn
         "resnext50_32x4d", "resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d",
         "seresnet50", "seresnext50_32x4d", "seresnext101_32x4d",
         "res2net50_26w_4s", "res2net50_48w_2s", "res2net50_14w_8s", "res2net50_26w_6s", "res2net50_26w_8s",
-        "res2net101_26w_4s", "res2next50", "res2net50d"]
+        "res2net101_26w_4s", "res2next50", "res2net50d",
+        "resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d", "resnet200d"]
 # timm's plain ResNets are module-for-module torchvision's; their big ones (60-127M parameters) are
 # checked against torchvision by default and against timm with `-m slow`.
-TIMM_SLOW = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d"}
+TIMM_SLOW = {"resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d",
+             "resnet101d", "resnet152d", "resnet200d"}
 
 
 def _num_params(model: nn.Module) -> int:

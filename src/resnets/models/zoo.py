@@ -35,6 +35,47 @@ def resnet152() -> ResNetConfig:
     return ResNetConfig(layers=R152)
 
 
+# ResNet-D ("Bag of Tricks", He et al. 2019): a deep 3x3 stem (32, 32, 64 wide) and shortcuts that average-pool
+# before their 1x1 conv instead of striding it over 3/4 of the input. timm's layout and names.
+RESNET_D = dict(stem="deep", stem_width=32, avg_down=True)
+
+
+@register_model
+def resnet18d() -> ResNetConfig:
+    return ResNetConfig(block="basic", layers=(2, 2, 2, 2), **RESNET_D)
+
+
+@register_model
+def resnet26d() -> ResNetConfig:
+    return ResNetConfig(layers=(2, 2, 2, 2), **RESNET_D)
+
+
+@register_model
+def resnet34d() -> ResNetConfig:
+    return ResNetConfig(block="basic", layers=(3, 4, 6, 3), **RESNET_D)
+
+
+@register_model
+def resnet50d() -> ResNetConfig:
+    """25.58M params, 4.33 GMACs at 224."""
+    return ResNetConfig(layers=R50, **RESNET_D)
+
+
+@register_model
+def resnet101d() -> ResNetConfig:
+    return ResNetConfig(layers=R101, **RESNET_D)
+
+
+@register_model
+def resnet152d() -> ResNetConfig:
+    return ResNetConfig(layers=R152, **RESNET_D)
+
+
+@register_model
+def resnet200d() -> ResNetConfig:
+    return ResNetConfig(layers=(3, 24, 36, 3), **RESNET_D)
+
+
 # Wide ResNet-50/101-2 (Zagoruyko & Komodakis 2016, bottleneck form as torchvision): 3x3 width doubled.
 @register_model
 def wide_resnet50_2() -> ResNetConfig:
