@@ -26,7 +26,8 @@ from resnets.bench.model import BenchSettings, make_step
 from resnets.data.bad_files import BadFiles
 from resnets.data.device_decode import JPEG_DECODERS, DeviceDecodeLoader, EncodedFiles, collate_encoded, jpeg_decoder
 from resnets.data.in_memory import DeviceAugment
-from resnets.models import PretrainedCfg, create_model, get_config
+from resnets import create_model
+from resnets.models import PretrainedCfg, get_config
 from resnets.device import resolve_device
 from resnets.training.sampling import EpochSampler
 

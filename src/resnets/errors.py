@@ -43,3 +43,7 @@ class TrainingError(ResnetsError):
 
 class ExportError(ResnetsError):
     """The exporter failed, or the exported model does not compute what the eager model does."""
+
+
+class DownloadError(ResnetsError):
+    """Weights that could not be fetched or verified: offline, not found, damaged, incomplete."""

@@ -18,13 +18,14 @@ T = TypeVar("T")
 
 
 def option(default: Any, help: str, *, group: str, choices: Sequence[Any] | None = None, short: str | None = None,
-           metavar: str | None = None) -> Any:
+           metavar: str | None = None, const: Any = None) -> Any:
     """A dataclass field that is also a command-line option (`--field-name`, and `short` if given).
 
     `help` is one line; with a None default it says what None means. `choices` lists the allowed values of
-    an enumeration (argparse checks flags against it, `check_choices` YAML values)."""
+    an enumeration (argparse checks flags against it, `check_choices` YAML values). `const`: the value of the
+    flag given without one (`--pretrained` alone)."""
     metadata = dict(help=help, group=group, choices=tuple(choices) if choices is not None else None, short=short,
-                    metavar=metavar)
+                    metavar=metavar, const=const)
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -66,6 +67,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, groups: Sequence[tup
             kwargs.update(type=typing.get_args(hints[f.name])[0], nargs="+")
         else:
             kwargs["type"] = base
+        if meta.get("const") is not None:
+            kwargs.update(nargs="?", const=meta["const"])
         if meta["choices"] is not None:
             kwargs["choices"] = [c for c in meta["choices"] if c is not None]
         if meta["metavar"] or meta["choices"] is None and base is not bool:
@@ -148,8 +151,10 @@ def add_workers_argument(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    """What a command that uses a trained model reads: --weights, and --model for a bare state dict."""
-    parser.add_argument("--weights", required=True, metavar="RUN|FOLDER|FILE",
-                        help="a run folder (its best weights), a save_pretrained folder or a weights file")
+    """What a command that uses a trained model reads: --weights, --model, or both."""
+    parser.add_argument("--weights", default=None, metavar="RUN|FOLDER|FILE|URL",
+                        help="a run folder (its best weights), a model folder (save_pretrained, timm's), a weights "
+                             "file, hf-hub:ORG/REPO or a URL")
     parser.add_argument("--model", default=None, metavar="NAME",
-                        help="the architecture of a bare state dict (torchvision, timm); resnets files carry theirs")
+                        help="without --weights: published weights (resnet50.tv2_in1k, or resnet50 for its default "
+                             "set); with them, the architecture of a bare state dict (resnets files carry theirs)")

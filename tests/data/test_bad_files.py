@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 import resnets
 import resnets.training.run as training_run
+from resnets.hub import Pretrained
 from resnets.cli import main
 from resnets.data import DataError, eval_transform
 from resnets.data.bad_files import BadFiles, SkipUnreadable, Unreadable, collate_skipping
@@ -23,7 +24,8 @@ from resnets.errors import ConfigError
 from resnets.hub import load_model
 from resnets.inference.evaluate import evaluate_weights
 from resnets.inference.predict import predict_images
-from resnets.models import create_model, get_config
+from resnets import create_model
+from resnets.models import get_config
 from resnets.models.weights import load_weights
 from resnets.training.config import TrainConfig
 
@@ -124,7 +126,7 @@ def count_training_images(monkeypatch) -> list[int]:
         model.register_forward_pre_hook(lambda m, inputs: sizes.append(inputs[0].shape[0]) if m.training else None)
         return model
 
-    monkeypatch.setattr(training_run, "create_model", create)
+    monkeypatch.setattr(training_run, "build_model", create)
     return sizes
 
 
@@ -258,7 +260,8 @@ def test_finetuning_a_head_trained_on_other_classes_needs_remap(dataset, trained
 
     def finetune(class_names: list[str], remap: bool) -> torch.nn.Module:
         model = create_model("cifar_resnet20", num_classes=2)
-        training_run.load_pretrained(model, TrainConfig(pretrained=str(weights), remap_classes=remap), class_names)
+        training_run.start_from(model, TrainConfig(pretrained=str(weights), remap_classes=remap), Pretrained(weights),
+                                class_names)
         return model
 
     source = create_model("cifar_resnet20", num_classes=2)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from resnets.cli import main
 from resnets.data import eval_transform, load_image
-from resnets.models import create_model
+from resnets import create_model
 from resnets.models.weights import save_weights
 
 CLASSES = ["apple", "banana", "cherry"]  # listed in an order that is also their sorted order

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from resnets.errors import ConfigError, ResnetsError, UnknownModelError
-from resnets.models import create_model, get_config
+from resnets import create_model
+from resnets.models import get_config
 
 
 @pytest.mark.parametrize("typo, suggestion", [
@@ -63,11 +64,6 @@ def test_bad_architecture_values(overrides, words):
 def test_basic_blocks_refuse_groups():
     with pytest.raises(ConfigError, match="basic blocks"):
         create_model("resnet18", cardinality=32, base_width=4)
-
-
-def test_pretrained_true_is_refused():
-    with pytest.raises(ConfigError, match="path"):
-        create_model("resnet50", pretrained=True)
 
 
 @pytest.mark.parametrize("out_indices", [(5,), (0, 9), (-6,)])

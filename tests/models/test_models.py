@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from resnets.errors import ConfigError
-from resnets.models import FeatureExtractor, ResNet, cifar_resnet, cifar_resnext, create_model, list_models
+from resnets import create_model
+from resnets.models import FeatureExtractor, ResNet, cifar_resnet, cifar_resnext, list_models
 from resnets.inference.fold import for_inference
 from resnets.models.layers import DropPath
 

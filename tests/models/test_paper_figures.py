@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from resnets.analysis import count_macs, design_widths
-from resnets.models import cifar_resnet, cifar_resnext, create_model
+from resnets import create_model
+from resnets.models import cifar_resnet, cifar_resnext
 
 
 def _meta(name: str, **overrides) -> torch.nn.Module:

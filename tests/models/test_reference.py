@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from resnets.models import create_model
+from resnets import create_model
 from resnets.models.weights import load_weights
 
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnets.errors import CheckpointError
-from resnets.models import cifar_resnext, create_model
+from resnets import create_model
+from resnets.models import cifar_resnext
 from resnets.hub import from_pretrained, load_model, save_pretrained
 from resnets.models.weights import load_weights, save_weights
 
@@ -189,7 +190,7 @@ def test_save_pretrained_roundtrip(tmp_path, randomize_bn, assert_close):
 
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "cifar_resnet20"
-    assert config["class_names"] == names
+    assert config["label_names"] == names  # timm's key
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     assert config["pretrained_cfg"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
 

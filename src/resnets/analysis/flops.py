@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models import create_model
+from ..models import build_model
 from ..models.resnet import check_img_size
 
 
@@ -41,7 +41,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], batch: int = 
 def meta_model(name: str, **overrides: Any) -> nn.Module:
     """The named model built on the meta device: shapes only, instant, no memory."""
     with torch.device("meta"):
-        return create_model(name, **overrides)
+        return build_model(name, **overrides)
 
 
 def model_stats(name: str, img_size: int | None = None, **overrides: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from ..caches import COMPILE_MODES
 from ..device import AMP_DTYPES, check_workers, default_workers, resolve_device
 from ..errors import ConfigError
 from ..fileio import atomic_write_json, check_writable
-from ..models import create_model
+from ..models import build_model
 from ..options import add_device_argument, add_workers_argument
 from .data import run_data_bench
 from .model import BenchSettings, backend_settings, format_table, make_step, parse_inductor_settings, run_bench
@@ -76,7 +76,7 @@ def data_stages(settings: BenchSettings, data: str, workers: int | None) -> list
     """Per-stage img/s from the folder `data` to resnets' training step (data.py), printed as a table."""
     device = resolve_device(settings.device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    model = create_model(settings.model, num_classes=settings.num_classes).to(device, memory_format=memory_format)
+    model = build_model(settings.model, num_classes=settings.num_classes).to(device, memory_format=memory_format)
     step = make_step(model, settings, device, ours=True)
     workers = default_workers(device.type) if workers is None else workers  # as the trainer
     stages = run_data_bench(settings.model, data, device, settings.batch_size, settings.img_size, settings.steps,

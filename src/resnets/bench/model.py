@@ -24,7 +24,7 @@ from ..caches import COMPILE_MODES, CUDA_GRAPH_MODES, compile_mode_arg, keep_com
 from ..device import AMP_DTYPES, autocast, resolve_device
 from ..errors import ConfigError
 from ..inference.fold import fold_batchnorm, for_inference
-from ..models import create_model
+from ..models import build_model
 from ..models.resnet import check_img_size
 from ..training.config import TrainConfig
 from ..training.step import make_train_step, wrap_step
@@ -253,7 +253,7 @@ def _run_bench(s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
     size = shapes.pretrained_cfg.input_size[-1] if s.img_size is None else s.img_size
     check_img_size(shapes, size)
     macs, _ = count_macs(shapes, (3, size, size))
-    builders: dict[str, Callable[[], nn.Module]] = {"resnets": lambda: create_model(s.model, num_classes=s.num_classes)}
+    builders: dict[str, Callable[[], nn.Module]] = {"resnets": lambda: build_model(s.model, num_classes=s.num_classes)}
     for lib in s.compare:
         reference_model(lib, s.model, s.num_classes)  # fail early, before any timing
         builders[lib] = lambda lib=lib: reference_model(lib, s.model, s.num_classes)

@@ -153,7 +153,7 @@ def cam_images(model: nn.Module, paths: Sequence[str | Path], output_dir: str | 
     dev = resolve_device(device)
     model.to(dev)
     names = model.labels()
-    transform = eval_transform(model.pretrained_cfg)
+    transform = eval_transform(model.pretrained_cfg.for_eval())
     written: list[tuple[Path, CamResult]] = []
     for files, images in batched(read_images(inputs, transform, warn), batch_size):
         result = grad_cam(model, images.to(dev), name, class_index)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..device import resolve_device
 from ..fileio import atomic_write_text
@@ -111,7 +112,8 @@ def add_cam(p: argparse.ArgumentParser) -> None:
 def run_cam(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a mistake there is found now, not after loading the model
     model = load_model(args.weights, args.model)
-    out = args.output or beside_weights(args.weights, "cam")
+    out = args.output or (beside_weights(args.weights, "cam") if args.weights and Path(args.weights).exists()
+                          else Path("cam"))
     written = cam_images(model, args.images, out, layer=args.layer, class_index=args.class_index,
                          batch_size=args.batch_size, device=args.device, weights=args.weights)
     for png, result in written:

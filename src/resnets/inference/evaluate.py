@@ -46,16 +46,17 @@ class EvalSummary:
                                                "weights", "data_dir", "class_names", "per_class", "files")}
 
 
-def evaluate_weights(weights: str | Path, data_dir: str | Path, *, model_name: str | None = None,
+def evaluate_weights(weights: str | Path | None, data_dir: str | Path, *, model_name: str | None = None,
                      output_dir: str | Path | None = None, **options: Any) -> EvalSummary:
-    """`evaluate_model` of the model in a run folder, `save_pretrained` folder or weights file.
+    """`evaluate_model` of `load_model(weights, model_name)`: a run folder, a model folder, a weights file, a URL,
+    or (`weights` None) the published weights `model_name` names.
 
-    `model_name`: the architecture of a bare state dict (files written by resnets carry their own).
-    `output_dir` defaults to `eval/` in the run folder, or beside the weights file.
+    `output_dir` defaults to `eval/` in the run folder or beside the weights file, else in this folder.
     """
-    path = resolve_weights(weights)
-    out = Path(output_dir) if output_dir is not None else beside_weights(weights, EVAL_DIR)
-    return evaluate_model(load_model(path, model_name), data_dir, out, weights=path, **options)
+    local = Path(weights) if weights is not None and Path(weights).exists() else None
+    out = Path(output_dir) if output_dir is not None else beside_weights(local, EVAL_DIR) if local else Path(EVAL_DIR)
+    model = load_model(weights, model_name)
+    return evaluate_model(model, data_dir, out, weights=resolve_weights(local) if local else None, **options)
 
 
 def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Path, *, batch_size: int = 64,
@@ -79,7 +80,7 @@ def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Pat
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     check_img_size(model, img_size)  # as training does: the last stage keeps at least one pixel
-    dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg, img_size),
+    dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg.for_eval(), img_size),
                                             model.class_names)
     if len(class_names) != model.num_classes:  # only reachable when the model names no classes
         raise DataError(f"{data_dir} has {len(class_names)} classes but the model predicts {model.num_classes}")

@@ -45,7 +45,7 @@ class ExportResult:
 
 def export_metadata(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Any]:
     """What a deployment needs beside the graph: classes and the preprocessing the graph expects."""
-    pretrained_cfg = model.pretrained_cfg.replace(input_size=input_size).to_dict()
+    pretrained_cfg = model.pretrained_cfg.for_eval().replace(input_size=input_size).to_dict()
     return {"architecture": model.arch_name, "num_classes": model.num_classes,
             "class_names": model.labels(), "pretrained_cfg": pretrained_cfg,
             "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "output": "logits (softmax not applied)"}
@@ -144,7 +144,7 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, 
     check_export_output(output, format, weights)
     dev = resolve_device(device)
     build, run = EXPORTERS[format]
-    chans, height, width = model.pretrained_cfg.input_size
+    chans, height, width = model.pretrained_cfg.for_eval().input_size  # a published set's test size
     if img_size is not None:
         if img_size < 1:
             raise ConfigError(f"--img-size must be positive, got {img_size}")

@@ -24,7 +24,7 @@ def files_read(weights: str | Path | None = None, inputs: Sequence[str | Path] =
 
     A generator: the inputs are listed only if `refuse_overwrite` finds an output that already exists.
     """
-    if weights is not None:
+    if weights is not None and Path(weights).exists():  # a URL or a published set's name is no file here
         yield resolve_weights(weights), "the weights file"
     for path in list_images(inputs, warn=lambda message: None):  # the command lists them again, and warns then
         yield path, "an input image"

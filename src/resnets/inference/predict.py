@@ -45,7 +45,7 @@ def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int |
     k = check_topk(topk, model.num_classes)
     dev = resolve_device(device)
     names = model.labels()
-    transform = eval_transform(model.pretrained_cfg)
+    transform = eval_transform(model.pretrained_cfg.for_eval())  # a published set's test size and crop
     model.eval().to(dev)  # outside inference mode, so the model stays usable for training or Grad-CAM
     forward = model
     out: list[Prediction] = []

@@ -3,9 +3,9 @@ registry, and weights files (`weights.py`)."""
 from . import zoo  # noqa: F401  (registers the named models)
 from .features import FeatureExtractor
 from .pretrained_cfg import PretrainedCfg
-from .registry import create_model, get_config, list_models, register_model
+from .registry import build_model, get_config, list_models, register_model
 from .resnet import ResNet, ResNetConfig, check_img_size
 from .zoo import cifar_resnet, cifar_resnext
 
 __all__ = ["FeatureExtractor", "PretrainedCfg", "ResNet", "ResNetConfig", "check_img_size", "cifar_resnet",
-           "cifar_resnext", "create_model", "get_config", "list_models", "register_model"]
+           "cifar_resnext", "build_model", "get_config", "list_models", "register_model"]

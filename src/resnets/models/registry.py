@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import ConfigError, UnknownModelError
 from .features import FeatureExtractor
-from .weights import load_weights
 
 _MODELS: dict[str, Callable[[], Any]] = {}
 
@@ -35,24 +33,18 @@ def get_config(name: str, **overrides: Any) -> Any:
     return _MODELS[name]().replace(**overrides)
 
 
-def create_model(name: str, pretrained: str | Path | None = None, features_only: bool = False,
-                 out_indices: tuple[int, ...] | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model, like `timm.create_model`.
+def build_model(name: str, features_only: bool = False, out_indices: tuple[int, ...] | None = None,
+                **overrides: Any) -> nn.Module:
+    """A registered architecture, freshly initialised (`resnets.create_model` adds weights by name).
 
     Args:
         name: a name from `list_models()`.
-        pretrained: weights to load (.safetensors, .pth/.pt state dict, a `save_pretrained` folder or a run
-            folder). A classifier whose size differs from `num_classes` is skipped and reported.
         features_only: return a backbone whose forward gives each stage's output (a list).
         out_indices: which feature levels to return with `features_only` (0 = stem, 1..4 = stages).
         **overrides: architecture arguments (num_classes, in_chans, cardinality, base_width, stem,
             avg_down, output_stride, drop_path_rate, zero_init_last, global_pool, ...).
     """
-    if pretrained is True:
-        raise ConfigError("pretrained=True would need a download; pass the path of a weights file instead")
     if out_indices is not None and not features_only:
         raise ConfigError("out_indices only applies with features_only=True")
     model = get_config(name, **overrides).build(arch_name=name, arch_args=overrides)
-    if pretrained:
-        load_weights(model, pretrained)
     return FeatureExtractor(model, out_indices) if features_only else model

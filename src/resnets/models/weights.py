@@ -7,6 +7,7 @@ files and models, not names: building a model by name is the registry's, above i
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import pickle
@@ -107,7 +108,10 @@ def _read_torch_save(path: Path) -> tuple[Any, dict[str, Any]]:
     if not written_by_torch_save(path):
         raise CheckpointError(f"{path}: not a weights file (neither safetensors nor a torch.save file)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # timm's and torchvision's training scripts store their argparse.Namespace beside the weights: a plain
+        # record of names and values, which timm too allows (anything inside it is still checked)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message opens with how to load the file anyway; the line that names the object is the news
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), one_line(e))

@@ -44,8 +44,10 @@ class TrainConfig:
     max_bad_fraction: float = option(0.01, "share of unreadable images allowed (skipped, listed in bad_files.csv); "
                                            "more stops the run", group="data")
     model: str = option("cifar_resnet20", "architecture, a name from `resnets models`", group="model", metavar="NAME")
-    pretrained: str | None = option(None, "weights to start from (file, save_pretrained folder or run folder); a "
-                                          "head of another size is re-initialised", group="model", metavar="WEIGHTS")
+    pretrained: str | None = option(None, "weights to start from: alone, --model's default published set; or a set "
+                                          "(resnet50.a1_in1k, or a tag), hf-hub:ORG/REPO, a URL, a weights file, "
+                                          "folder or run. A head of another size starts fresh", group="model",
+                                    metavar="WEIGHTS", const="default")
     remap_classes: bool = option(False, "allow --pretrained weights trained on other classes: their head is reset",
                                  group="model")
     num_classes: int | None = option(None, "must agree with the data when given (default: the data's classes)",
@@ -140,6 +142,8 @@ class TrainConfig:
             cfg.workers = 0
         if cfg.hflip is None:
             cfg.hflip = 0.0 if cfg.dataset == "digits" else 0.5
+        if cfg.pretrained in ("on", "off"):  # YAML's `pretrained: true` (options.py reads a bool as on/off)
+            cfg.pretrained = "default" if cfg.pretrained == "on" else None
         cfg.validate()
         return cfg
 

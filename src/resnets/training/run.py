@@ -21,10 +21,10 @@ from ..data.in_memory import DeviceAugment, DeviceLoader, ImageStore, cached_sto
 from ..data.transforms import eval_transform, image_size, train_transform
 from ..device import default_workers
 from ..errors import ConfigError
-from ..models import create_model, get_config
+from ..hub import Pretrained, find_pretrained, load_pretrained
+from ..models import build_model, get_config
 from ..models.pretrained_cfg import PretrainedCfg
 from ..models.resnet import check_img_size
-from ..models.weights import load_weights
 from .checkpoint import rng_state, seed_everything
 from .config import Recorded, TrainConfig
 from .distributed import Distributed, convert_sync_bn, elastic_run_id
@@ -79,9 +79,10 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
         cfg = dataclasses.replace(cfg, workers=default_workers(device.type))
     set_process_switches(cfg, ctx.rank)
     amp, channels_last = resolve_precision(cfg, device)
-    pretrained_cfg = get_config(cfg.model).default_pretrained_cfg().with_img_size(cfg.img_size)
+    pretrained = fetch_pretrained(cfg, ctx) if cfg.pretrained and resumed is None else None
+    pretrained_cfg = training_pretrained_cfg(cfg, pretrained)
     splits = build_data(cfg, pretrained_cfg)
-    model = build_model(cfg, splits, pretrained_cfg, ctx, device, channels_last, from_pretrained=resumed is None)
+    model = build_training_model(cfg, splits, pretrained_cfg, ctx, device, channels_last, pretrained)
     bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction,
                          **({} if ctx.is_main else {"warn": lambda message: None}))  # rank 0 reports the united list
     train_loader, val_loader, sampler = make_loaders(cfg, splits, pretrained_cfg, device, ctx, bad_files)
@@ -161,14 +162,31 @@ def build_data(cfg: TrainConfig, pretrained_cfg: PretrainedCfg) -> DataSplits:
     return splits
 
 
-def build_model(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: PretrainedCfg, ctx: Distributed,
-                device: torch.device, channels_last: bool, from_pretrained: bool) -> nn.Module:
+def fetch_pretrained(cfg: TrainConfig, ctx: Distributed) -> Pretrained:
+    """--pretrained's weights, downloaded by rank 0 first; the others then find them in the cache (or, on
+    another machine, fetch their own copy)."""
+    found = ctx.on_main(lambda: find_pretrained(cfg.pretrained, cfg.model), share=lambda found: None)
+    return found if found is not None else find_pretrained(cfg.pretrained, cfg.model)
+
+
+def training_pretrained_cfg(cfg: TrainConfig, pretrained: Pretrained | None) -> PretrainedCfg:
+    """The run's preprocessing: the architecture's at --img-size, normalised as a published weight set it starts
+    from was trained (its mean, std and interpolation: what its first layers expect)."""
+    run_cfg = get_config(cfg.model).default_pretrained_cfg().with_img_size(cfg.img_size)
+    if pretrained is None or pretrained.weight_set is None:
+        return run_cfg
+    source = pretrained.weight_set.pretrained_cfg.with_channels(run_cfg.input_size[0])
+    return run_cfg.replace(mean=source.mean, std=source.std, interpolation=source.interpolation)
+
+
+def build_training_model(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: PretrainedCfg, ctx: Distributed,
+                         device: torch.device, channels_last: bool, pretrained: Pretrained | None) -> nn.Module:
     """The model to train, on `device`: --pretrained loaded (not when resuming: the checkpoint has the
     weights), the run's own preprocessing and classes, --freeze-backbone, --sync-bn."""
-    model = create_model(cfg.model, num_classes=len(splits.class_names), drop_path_rate=cfg.drop_path_rate)
+    model = build_model(cfg.model, num_classes=len(splits.class_names), drop_path_rate=cfg.drop_path_rate)
     check_img_size(model, pretrained_cfg.input_size[-1])
-    if cfg.pretrained and from_pretrained:
-        load_pretrained(model, cfg, list(splits.class_names))
+    if pretrained is not None:
+        start_from(model, cfg, pretrained, list(splits.class_names))
     # After loading: the weights' own preprocessing and classes must not replace this run's.
     model.pretrained_cfg, model.class_names = pretrained_cfg, list(splits.class_names)
     if cfg.freeze_backbone:
@@ -182,15 +200,15 @@ def build_model(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: Pretrained
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def load_pretrained(model: nn.Module, cfg: TrainConfig, class_names: list[str]) -> None:
+def start_from(model: nn.Module, cfg: TrainConfig, pretrained: Pretrained, class_names: list[str]) -> None:
     """Fine-tuning weights into `model`. A head of the right size but trained on other classes (or in
     another order) would map each of them to a wrong label: an error, unless --remap-classes resets it."""
-    report = load_weights(model, cfg.pretrained)
+    report = load_pretrained(model, pretrained)
     saved = report.metadata.get("class_names")
     difference = (class_difference([str(n) for n in saved], class_names, ordered=True)
                   if isinstance(saved, list) and not report.skipped else None)
     if difference and not cfg.remap_classes:
-        raise ConfigError(f"{cfg.pretrained} was trained on other classes than the data ({difference}); "
+        raise ConfigError(f"{pretrained.name} was trained on other classes than the data ({difference}); "
                           f"pass --remap-classes to fine-tune it with a new head")
     if difference:
         model.reset_classifier(len(class_names))

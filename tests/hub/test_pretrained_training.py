@@ -1,0 +1,40 @@
+"""`resnets train --pretrained` by name: the published set is fetched, its head replaced for the folder's
+classes (and said so), and the run normalises images as the set was trained."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from PIL import Image
+
+import resnets
+from resnets.cli import main
+from resnets.hub.catalog import catalog
+
+
+def test_training_from_an_architectures_default_set(published, tmp_path, monkeypatch, capsys):
+    sets = catalog()
+    half = dataclasses.replace(sets["resnet18.a1_in1k"].pretrained_cfg, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    monkeypatch.setitem(sets, "resnet18.a1_in1k", dataclasses.replace(sets["resnet18.a1_in1k"], pretrained_cfg=half))
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    code = main(["train", "--data-dir", str(tmp_path / "data"), "--model", "resnet18", "--pretrained",
+                 "--img-size", "32", "--epochs", "1", "-b", "4", "-j", "0", "--output", str(tmp_path / "runs"),
+                 "--no-progress"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "loaded resnet18.a1_in1k" in err and "(head size differs)" in err and "fc.weight" in err
+    run = next((tmp_path / "runs").iterdir())
+    model = resnets.load_model(run)
+    assert model.class_names == ["cat", "dog"] and model.pretrained_cfg.mean == (0.5, 0.5, 0.5)
+    assert model.pretrained_cfg.input_size == (3, 32, 32) and model.pretrained_cfg.interpolation == "bicubic"
+    last = resnets.load_model(run / "last.safetensors")
+    # one epoch of SGD moved the backbone, but it started from the published weights, not from scratch
+    moved = (last.conv1.weight - published.state["conv1.weight"]).abs().mean()
+    assert moved < 0.5 * published.state["conv1.weight"].abs().mean()
+    assert not torch.equal(last.conv1.weight, published.state["conv1.weight"])
