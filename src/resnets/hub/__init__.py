@@ -28,7 +28,8 @@ from ..models.weights import (CLASSIFIER_PREFIX, WEIGHTS_FILE, LoadReport, build
                               read_state_dict, resolve_weights, save_weights)
 from .catalog import WeightSet, catalog, find_weights
 from .download import HUB_PREFIX, fetch, fetch_hub_file
-from .timm_format import config_from_timm, labels_from_timm, model_card, pretrained_cfg_from_timm, timm_config
+from .timm_format import (config_from_timm, labels_from_timm, model_card, pretrained_cfg_from_timm, resnets_name,
+                          timm_config)
 
 CONFIG_FILE, CARD_FILE = "config.json", "README.md"
 TORCH_WEIGHTS_FILE = "pytorch_model.bin"  # what timm's save_for_hf writes without safetensors
@@ -208,8 +209,7 @@ def _build_from_timm_config(config: dict[str, Any], source: Path, overrides: dic
     cfg = config_from_timm(config, str(source))
     try:
         cfg = cfg.replace(**overrides)
-        model = cfg.build(arch_name=config.get("architecture") if config.get("architecture") in list_models()
-                          else None, arch_args=overrides)
+        model = cfg.build(arch_name=resnets_name(config), arch_args=overrides)
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: {one_line(e)}") from None
     model.pretrained_cfg = pretrained_cfg_from_timm(config, model.pretrained_cfg, str(source))

@@ -55,7 +55,10 @@ def timm_config(model: ResNet, class_names: list[str] | None) -> dict[str, Any]:
     cfg = model.cfg
     unsupported = timm_unsupported(cfg)
     own_name = model.arch_name if model.arch_name in timm_names() else None
-    architecture = (model.arch_name or "resnet") if unsupported else (own_name or TIMM_BASE[(cfg.block, cfg.attention)])
+    if unsupported:  # a name timm has would have it build its own network and fail on the weights, or worse
+        architecture = model.arch_name if model.arch_name and not own_name else f"resnets-{model.arch_name or 'custom'}"
+    else:
+        architecture = own_name or TIMM_BASE[(cfg.block, cfg.attention)]
     pretrained_cfg = {**model.pretrained_cfg.to_dict(), "crop_mode": "center", "num_classes": model.num_classes,
                       "first_conv": "conv1.0" if cfg.stem == "deep" else "conv1", "classifier": "fc"}
     config: dict[str, Any] = {"architecture": architecture, "num_classes": model.num_classes,
@@ -93,6 +96,14 @@ def config_from_timm(config: dict[str, Any], source: str) -> ResNetConfig:
         return get_config(architecture, **fields)
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: model_args do not fit {architecture} ({e})") from None
+
+
+def resnets_name(config: dict[str, Any]) -> str | None:
+    """The registered name a config.json's model was built as: resnets' own record of it, else timm's
+    architecture when resnets has it too."""
+    own = config.get(RESNETS_KEY)
+    name = own.get("architecture") if isinstance(own, dict) else config.get("architecture")
+    return name if isinstance(name, str) and name in list_models() else None
 
 
 def _fields_from_timm_args(args: dict[str, Any], source: str) -> dict[str, Any]:
