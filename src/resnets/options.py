@@ -151,10 +151,14 @@ def add_workers_argument(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    """What a command that uses a trained model reads: --weights, --model, or both."""
-    parser.add_argument("--weights", default=None, metavar="RUN|FOLDER|FILE|URL",
+    """What a command that uses a trained model reads: --weights, --model, or both. `--pretrained` is
+    --weights under train's (and timm's) name, so one spelling works everywhere; alone, --model's weights."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", default=None, metavar="RUN|FOLDER|FILE|URL",
                         help="a run folder (its best weights), a model folder (save_pretrained, timm's), a weights "
-                             "file, hf-hub:ORG/REPO or a URL")
+                             "file, hf-hub:ORG/REPO, a URL, or a published set's name")
+    source.add_argument("--pretrained", dest="weights", nargs="?", const=None, metavar="SPEC",
+                        help="the same as --weights; alone, the published weights --model names")
     parser.add_argument("--model", default=None, metavar="NAME",
                         help="without --weights: published weights (resnet50.tv2_in1k, or resnet50 for its default "
                              "set); with them, the architecture of a bare state dict (resnets files carry theirs)")

@@ -19,12 +19,16 @@ import resnets
 from resnets.hub.catalog import catalog
 
 URL_TEMPLATE = "/{repo_id}/resolve/{revision}/{filename}"  # huggingface_hub's, after the endpoint
-COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the revision every repo is at
+
+
+def commit_of(revision: str) -> str:
+    """The commit hash a revision (a branch, a tag) is at: any 40 hex digits of its own will do."""
+    return hashlib.sha1(revision.encode()).hexdigest()
 
 
 @dataclass
 class FakeHub:
-    """What the server serves: Hub files by (repo, file name), plain files by URL path."""
+    """What the server serves: Hub files by repo and "revision/file name", plain files by URL path."""
 
     url: str = ""
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
@@ -32,8 +36,8 @@ class FakeHub:
     truncated: set[str] = field(default_factory=set)  # paths whose next body stops halfway: a dropped connection
     requests: list[tuple[str, str]] = field(default_factory=list)
 
-    def publish(self, repo: str, filename: str, data: bytes) -> None:
-        self.repos.setdefault(repo, {})[filename] = data
+    def publish(self, repo: str, filename: str, data: bytes, revision: str = "main") -> None:
+        self.repos.setdefault(repo, {})[f"{revision}/{filename}"] = data
 
     def file_url(self, name: str, data: bytes) -> str:
         self.files[f"/files/{name}"] = data
@@ -58,7 +62,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, body: bool) -> None:
             hub.requests.append((self.command, self.path))
-            data, error = self._lookup()
+            data, error, revision = self._lookup()
             if data is None:
                 self.send_response(404)
                 self.send_header("X-Error-Code", error)
@@ -72,7 +76,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if start:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.send_header("ETag", etag)
-            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("X-Repo-Commit", commit_of(revision))
             self.end_headers()
             if not body:
                 return
@@ -83,16 +87,20 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             self.wfile.write(data[start:])
 
-        def _lookup(self) -> tuple[bytes | None, str]:
+        def _lookup(self) -> tuple[bytes | None, str, str]:
+            """The body, else the error code the Hub sends in X-Error-Code; and the revision asked for."""
             if self.path in hub.files:
-                return hub.files[self.path], ""
+                return hub.files[self.path], "", "main"
             parts = self.path.lstrip("/").split("/")
             if len(parts) >= 5 and parts[2] == "resolve":
-                repo, filename = "/".join(parts[:2]), "/".join(parts[4:])
-                if repo not in hub.repos:
-                    return None, "RepoNotFound"
-                return hub.repos[repo].get(filename), "EntryNotFound"
-            return None, "EntryNotFound"
+                repo, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+                files = hub.repos.get(repo)
+                if files is None:
+                    return None, "RepoNotFound", revision
+                if not any(key.startswith(f"{revision}/") for key in files):
+                    return None, "RevisionNotFound", revision
+                return files.get(f"{revision}/{filename}"), "EntryNotFound", revision
+            return None, "EntryNotFound", "main"
 
     return Handler
 

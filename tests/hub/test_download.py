@@ -65,6 +65,7 @@ def test_a_dropped_connection_is_resumed_or_leaves_nothing(published, cached_fil
 
 @pytest.mark.parametrize("spec,needle", [
     ("hf-hub:nobody/nothing", "no repository 'nobody/nothing'"),
+    ("hf-hub:a/b/c", "not a Hub repository name"),
     ("resnet18.a2_in1k", "has none of model.safetensors, pytorch_model.bin"),
     ("{url}/files/resnet18-0badcafe.pth", "answered 404"),
     ("resnet18.zz_in1k", "no weights tagged 'zz_in1k'"),
@@ -138,6 +139,22 @@ def test_a_hub_model_folder_loads_by_its_repo_name(hub, tmp_path):
     assert untrained.cfg == model.cfg and not torch.equal(untrained.fc.weight, model.fc.weight)
 
 
+def test_a_revision_picks_that_snapshot_of_a_repo(hub, tmp_path):
+    folders = {}
+    for revision, classes in (("main", 3), ("v1", 2)):
+        model = resnets.create_model("resnet18", num_classes=classes).eval()
+        folders[revision] = resnets.save_pretrained(model, tmp_path / revision)
+        for name in ("config.json", "model.safetensors"):
+            hub.publish("me/pets", name, (folders[revision] / name).read_bytes(), revision=revision)
+    for spec, classes in (("hf-hub:me/pets", 3), ("hf-hub:me/pets@v1", 2)):
+        model = resnets.create_model(spec, pretrained=True)
+        assert model.num_classes == classes, spec
+        assert torch.equal(model.fc.weight, resnets.load_model(folders["main" if classes == 3 else "v1"]).fc.weight)
+    assert resnets.hub.fetch("hf-hub:me/pets@v1").read_bytes() == (folders["v1"] / "model.safetensors").read_bytes()
+    with pytest.raises(DownloadError, match="me/pets has no revision 'v9'"):
+        resnets.create_model("hf-hub:me/pets@v9")
+
+
 def test_weights_for_rgb_are_adapted_to_one_or_more_input_channels(published):
     grey = resnets.create_model("resnet18", pretrained=True, in_chans=1)
     rgb = published.state["conv1.weight"]
@@ -147,11 +164,14 @@ def test_weights_for_rgb_are_adapted_to_one_or_more_input_channels(published):
     assert torch.allclose(five.conv1.weight, torch.cat([rgb, rgb[:, :2]], dim=1) * 3 / 5)
 
 
-def test_predict_with_a_published_set_prints_imagenet_names_with_no_training(published, tmp_path, capsys):
+@pytest.mark.parametrize("weights", [["--model", "resnet18.a1_in1k"], ["--model", "resnet18", "--pretrained"],
+                                     ["--pretrained", "resnet18.tv_in1k"], ["--model", "resnet18", "--pretrained",
+                                                                            "tv_in1k"]])
+def test_predict_with_a_published_set_prints_imagenet_names_with_no_training(published, tmp_path, capsys, weights):
     from PIL import Image
 
     Image.new("RGB", (40, 30), "orange").save(tmp_path / "photo.png")
-    assert resnets.cli.main(["predict", "--model", "resnet18.a1_in1k", "--topk", "2", str(tmp_path / "photo.png")]) == 0
+    assert resnets.cli.main(["predict", *weights, "--topk", "2", str(tmp_path / "photo.png")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "file,top1_class,top1_prob,top2_class,top2_prob"
     names = set(imagenet_class_names())

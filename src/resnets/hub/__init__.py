@@ -146,10 +146,13 @@ def create_model(name: str, pretrained: bool | str = False, features_only: bool 
 
 
 def _from_hub(repo: str, pretrained: bool, overrides: dict[str, Any]) -> ResNet:
-    """A model folder on the Hub: its config.json, and with `pretrained` its weights (timm's semantics)."""
-    folder = fetch_hub_file(repo, (CONFIG_FILE,), None, f"hf-hub:{repo}").parent
+    """A model folder on the Hub ("ORG/REPO", "ORG/REPO@revision"): its config.json, and with `pretrained` its
+    weights (timm's semantics). Both come from the same snapshot folder of huggingface_hub's cache."""
+    what = f"{HUB_PREFIX}{repo}"
+    repo, _, revision = repo.partition("@")
+    folder = fetch_hub_file(repo, (CONFIG_FILE,), revision or None, what).parent
     if pretrained:
-        fetch_hub_file(repo, (WEIGHTS_FILE, TORCH_WEIGHTS_FILE), None, f"hf-hub:{repo}")
+        fetch_hub_file(repo, (WEIGHTS_FILE, TORCH_WEIGHTS_FILE), revision or None, what)
     return from_pretrained(folder, weights=pretrained, **overrides)
 
 

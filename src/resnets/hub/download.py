@@ -64,6 +64,8 @@ def fetch_hub_file(repo: str, filenames: tuple[str, ...], revision: str | None, 
             raise DownloadError(f"{what}: no repository {repo!r} at {hf_constants.ENDPOINT}") from None
         except hf_errors.RevisionNotFoundError:
             raise DownloadError(f"{what}: {repo} has no revision {revision!r}") from None
+        except hf_errors.HFValidationError as e:  # checked before any request: a name that cannot be a repo
+            raise DownloadError(f"{what}: not a Hub repository name ({one_line(e)})") from None
         except (hf_errors.HfHubHTTPError, OSError) as e:  # a server error, a connection cut mid-file, a full disk
             raise DownloadError(f"{what}: downloading from {hf_constants.ENDPOINT}/{repo} failed "
                                 f"({one_line(e)})") from None
