@@ -41,9 +41,26 @@ class TrainingError(ResnetsError):
     """The run cannot go on (e.g. the loss became NaN)."""
 
 
+class WriteError(ResnetsError, OSError):
+    """A file that could not be written (a full disk, a quota, an I/O error): its name and the reason. Still an
+    OSError, with the original `errno`, for callers that handle those."""
+
+    def __str__(self) -> str:  # OSError's would show "[Errno 28] ..." once errno is set
+        return str(self.args[0]) if self.args else ""
+
+
 class ExportError(ResnetsError):
     """The exporter failed, or the exported model does not compute what the eager model does."""
 
 
 class DownloadError(ResnetsError):
     """Weights that could not be fetched or verified: offline, not found, damaged, incomplete."""
+
+
+class RunStopped(Exception):
+    """A run stopped on request (SIGTERM, SIGINT) after saving where it was; not a mistake, so no ResnetsError.
+    `exit_code` is the shell's for the signal (128 + its number: 130, 143); `resume` is what to run next."""
+
+    def __init__(self, message: str, exit_code: int, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.exit_code, self.checkpoint = exit_code, checkpoint

@@ -1,18 +1,21 @@
-"""Atomic file writes (a reader, or a crash, never sees a half-written file under its final name) and
-content checksums (a damaged file is refused, not trusted)."""
+"""Atomic file writes (a reader, or a crash, never sees a half-written file under its final name), CSV text that
+a spreadsheet opens as data, and content checksums (a damaged file is refused, not trusted)."""
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, ResnetsError, WriteError
 
 
 def _read_umask() -> int:
@@ -27,16 +30,24 @@ _UMASK = _read_umask()
 
 def _replace_atomically(path: str | os.PathLike, fill: Callable[[int, str], None]) -> Path:
     """`fill(fd, tmp)` writes and fsyncs a temp file in the same directory (and closes `fd`); then it is
-    renamed over `path`. A failure leaves `path` as it was and no temp file behind."""
+    renamed over `path`. A failure leaves `path` as it was and no temp file behind; an OSError (a full disk,
+    a quota, an I/O error) comes out as WriteError naming `path`: the bare one names no file, or the temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         fill(fd, tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # the write's own error is the one to report
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, ResnetsError):
+            error = WriteError(f"could not write {path}: {e.strerror or str(e) or type(e).__name__}")
+            error.errno = e.errno
+            raise error from e
         raise
     return path
 
@@ -103,6 +114,44 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's "CSV Injection"): `=HYPERLINK(...)`
+# or `@SUM(...)` as a class folder's name is enough. Class and file names come from the user's data.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any, float_format: str = ".6f") -> Any:
+    """A value as a CSV cell: floats in `float_format`; text that a spreadsheet would run as a formula behind a
+    `'`, which makes it text. Only text: a number such as -0.5 stays a number. Text that starts with `'`
+    gets one more, so `csv_value` reads every cell back as it was."""
+    if isinstance(value, float):
+        return format(value, float_format)
+    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, "'")):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """The text that `csv_cell` wrote as `cell`."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
+def csv_text(rows: Iterable[Sequence[Any]], float_format: str = ".6f") -> str:
+    """Rows (the header first) as CSV text, every cell through `csv_cell`: the one way resnets writes CSV.
+
+    Rows end in CRLF (RFC 4180, the csv module's default): the writer then quotes a cell holding a carriage
+    return, which unquoted would end the row in a spreadsheet and start the next one with the rest of the name,
+    as a formula if it starts like one."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows([csv_cell(v, float_format) for v in row] for row in rows)
+    return buf.getvalue()
+
+
+def atomic_write_csv(path: str | os.PathLike, rows: Iterable[Sequence[Any]], float_format: str = ".6f") -> Path:
+    """`csv_text(rows)` as UTF-8, whatever the locale, with its line ends as they are (text mode would turn
+    CRLF into CR CR LF on Windows)."""
+    return atomic_write_bytes(path, csv_text(rows, float_format).encode("utf-8"))
 
 
 def written_by_torch_save(path: str | os.PathLike) -> bool:

@@ -8,7 +8,16 @@ Warn = Callable[[str], None]  # where a function sends a warning; `warn` below u
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {printable(message)}", file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """`text` with its unprintable characters escaped as repr escapes them (`a\\nb`): a file or class folder
+    named with a newline, a carriage return or a terminal escape sequence then cannot break a printed report
+    into lines that look like resnets' own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def one_line(error: BaseException, limit: int = 160) -> str:

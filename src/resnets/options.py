@@ -150,15 +150,24 @@ def add_workers_argument(parser: argparse.ArgumentParser, default: str) -> None:
                         help=f"loader processes, 0: load in this process [default: {default}]")
 
 
+def add_max_image_argument(parser: argparse.ArgumentParser, default: int) -> None:
+    """--max-image-mb, as train's option of that name (`data.images.MAX_IMAGE_MB` is `default`: passed in, so
+    that this module does not import the data stack)."""
+    parser.add_argument("--max-image-mb", type=int, default=default, metavar="N",
+                        help=f"image files larger than N MiB, and files that are not regular files (a FIFO, a "
+                             f"device), are skipped and listed unread [default: {default}]")
+
+
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """What a command that uses a trained model reads: --weights, --model, or both. `--pretrained` is
-    --weights under train's (and timm's) name, so one spelling works everywhere; alone, --model's weights."""
+    --weights under train's (and timm's) name, so one spelling works everywhere."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", default=None, metavar="RUN|FOLDER|FILE|URL",
                         help="a run folder (its best weights), a model folder (save_pretrained, timm's), a weights "
                              "file, hf-hub:ORG/REPO, a URL, or a published set's name")
-    source.add_argument("--pretrained", dest="weights", nargs="?", const=None, metavar="SPEC",
-                        help="the same as --weights; alone, the published weights --model names")
+    # Always with a value: an optional one would swallow predict's image path (--model NAME alone already
+    # means NAME's published weights)
+    source.add_argument("--pretrained", dest="weights", metavar="SPEC", help="the same as --weights")
     parser.add_argument("--model", default=None, metavar="NAME",
                         help="without --weights: published weights (resnet50.tv2_in1k, or resnet50 for its default "
                              "set); with them, the architecture of a bare state dict (resnets files carry theirs)")

@@ -4,14 +4,13 @@ Every file is written atomically (`fileio`), so an interrupted run never leaves 
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_csv
+from .messages import printable
 
 REPORT_FIELDS = ("class", "precision", "recall", "f1", "support")
 AVERAGES = ("macro avg", "weighted avg")  # sklearn's names for the two summary rows
@@ -73,22 +72,15 @@ def format_report(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_report_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return atomic_write_text(path, buf.getvalue())
+    table = [REPORT_FIELDS, *([row.get(k, "") for k in REPORT_FIELDS] for row in rows)]
+    return atomic_write_csv(path, table)
 
 
 def write_confusion_csv(cm: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
     """Header `true\\predicted,<class>...`; then one row per true class."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["true\\predicted", *class_names])
-    for name, row in zip(class_names, np.asarray(cm)):
-        writer.writerow([name, *(int(v) for v in row)])
-    return atomic_write_text(path, buf.getvalue())
+    table = [["true\\predicted", *class_names],
+             *([name, *(int(v) for v in row)] for name, row in zip(class_names, np.asarray(cm)))]
+    return atomic_write_csv(path, table)
 
 
 def confusion_figure_layout(num_classes: int) -> tuple[float, float]:
@@ -119,9 +111,10 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="share of the true class")
     tick_size = max(3.0, min(10.0, fontsize * 1.1))
-    ax.set_xticks(range(n), [str(c) for c in class_names], rotation=90 if n > 10 else 45,
-                  ha="center" if n > 10 else "right", fontsize=tick_size)
-    ax.set_yticks(range(n), [str(c) for c in class_names], fontsize=tick_size)
+    labels = [printable(str(c)) for c in class_names]  # a newline in a folder's name would break its tick label
+    ax.set_xticks(range(n), labels, rotation=90 if n > 10 else 45, ha="center" if n > 10 else "right",
+                  fontsize=tick_size)
+    ax.set_yticks(range(n), labels, fontsize=tick_size)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title or f"Confusion matrix ({int(cm.sum()):,} images)")

@@ -78,6 +78,22 @@ def test_bad_files_stops_beyond_the_share_and_writes_its_list_first(tmp_path) ->
     assert len(list(csv.DictReader((tmp_path / "bad_files.csv").open()))) == 4
 
 
+def test_bad_files_list_neutralises_formulas_and_a_resumed_run_reads_the_names_back(tmp_path) -> None:
+    """File names come from the user's data: a spreadsheet must not run them (OWASP's CSV-injection rule), and
+    a resumed run must still know them by their own names, not count them again."""
+    names = ["=HYPERLINK(\"x\").jpg", "+1.jpg", "-cmd.jpg", "@SUM(A1).jpg", "'quoted.jpg", "cr\r=1+1.jpg"]
+    log = BadFiles(total=100, max_fraction=0.5, csv_path=tmp_path / "bad_files.csv")
+    log.add([Unreadable(name, "-not an image") for name in names])
+    log.write()
+    with open(tmp_path / "bad_files.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "reason"] and len(rows) == 1 + len(names)
+    assert not [cell for row in rows for cell in row if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    resumed = BadFiles(total=100, max_fraction=0.5)
+    resumed.attach(tmp_path / "bad_files.csv")
+    assert resumed.reasons == dict.fromkeys(names, "-not an image")
+
+
 # ---------------------------------------------------------------- training
 
 TRAIN_BROKEN = {"a": ["empty.jpg", "truncated.jpg"], "b": ["text.png"]}

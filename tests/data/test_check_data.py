@@ -92,6 +92,24 @@ def test_check_data_cli_exit_codes_and_report(tmp_path, capsys) -> None:
         assert code == 2 and out == "" and err.startswith("resnets check-data: error: ") and err.count("\n") == 1
 
 
+def test_check_data_prints_names_with_newlines_escaped(tmp_path, capsys) -> None:
+    """A class folder or file named with a newline or carriage return cannot add lines of its own to the report
+    (here, a fake "no problems found" and a fake section); names are escaped as repr escapes them."""
+    for k, cls in enumerate(("cat\nno problems found", "dog")):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(noise(6, 6, seed=10 * k + i)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "dog" / "bad\r\nunreadable files: 0\x1b[2J.png").write_bytes(b"junk")  # and a terminal escape
+    code, out, _ = check_cli(capsys, tmp_path, "-j", "1")
+    lines = out.splitlines()  # splits at \r too, as a terminal shows it
+    assert code == 1 and "no problems found" not in lines and "\x1b" not in out
+    assert "  cat\\nno problems found         2" in lines
+    assert any(line.startswith(f"  {tmp_path}/dog/bad\\r\\nunreadable files: 0\\x1b[2J.png: not an image")
+               for line in lines)
+    assert [line for line in lines if line.startswith("unreadable files")] == ["unreadable files: 1"]
+    assert lines[-1] == "1 problem: 1 unreadable file"
+
+
 def test_check_data_also_checks_test_split_for_leakage_and_classes(tmp_path) -> None:
     for k, (split, cls) in enumerate([("train", "a"), ("train", "b"), ("val", "a"), ("val", "b"), ("test", "a"),
                                       ("test", "c")]):

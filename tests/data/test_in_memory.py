@@ -132,3 +132,60 @@ def test_the_cache_file_is_streamed_to_disk_and_appears_whole_or_not_at_all(tmp_
         atomic_write_to(target, fail_halfway)
     assert torch.equal(load_file(str(target))["images"], images)  # the old file, untouched
     assert [p.name for p in tmp_path.iterdir()] == ["store.safetensors"]  # no temp file left
+
+
+def _tamper(path: Path, change) -> None:
+    """Rewrite a cache file with `change(images, labels, metadata)` applied, as an edit or a bad copy would."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata, images, labels = dict(f.metadata()), f.get_tensor("images"), f.get_tensor("labels")
+    images, labels, metadata = change(images.clone(), labels.clone(), metadata)
+    save_file({"images": images, "labels": labels}, str(path), metadata=metadata)
+
+
+def _set(tensor: torch.Tensor, index, value) -> torch.Tensor:
+    tensor[index] = value
+    return tensor
+
+
+TAMPERED = {
+    "label out of range": lambda im, lb, meta: (im, _set(lb, 0, 7), meta),
+    "labels swapped": lambda im, lb, meta: (im, 1 - lb, meta),
+    "images swapped": lambda im, lb, meta: (im[[7, 1, 2, 3, 4, 5, 6, 0]], lb, meta),
+    "an image missing": lambda im, lb, meta: (im[1:], lb[1:], meta),
+    "another size": lambda im, lb, meta: (im[:, :, :8, :8].contiguous(), lb, meta),
+    "float labels": lambda im, lb, meta: (im, lb.float(), meta),
+    "built for other data": lambda im, lb, meta: (im, lb, {**meta, "key": "0" * 64}),
+    "broken files not in the data": lambda im, lb, meta: (im, lb, {**meta, "broken": '{"/elsewhere.png": "x"}'}),
+    "broken list not a mapping": lambda im, lb, meta: (im, lb, {**meta, "broken": "[1, 2]"}),
+    "broken list nested too deep": lambda im, lb, meta: (im, lb, {**meta, "broken": "[" * 100_000}),
+}
+
+
+@pytest.mark.parametrize("change", TAMPERED, ids=list(TAMPERED))
+def test_a_cache_that_does_not_hold_what_it_was_built_for_is_rebuilt(tmp_path, capsys, change):
+    dataset = ImageFiles(_folder(tmp_path / "data"))
+    store, path, built = cached_store(dataset, 16, CIFAR_CFG, tmp_path / "cache")
+    _tamper(path, TAMPERED[change])
+    capsys.readouterr()
+    again, same_path, built = cached_store(dataset, 16, CIFAR_CFG, tmp_path / "cache")
+    assert built and same_path == path
+    assert torch.equal(again.images, store.images) and again.labels.tolist() == [0] * 4 + [1] * 4
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "does not hold what it was built for" in warning[0] and "rebuilding" in warning[0]
+    reused, _, built = cached_store(dataset, 16, CIFAR_CFG, tmp_path / "cache")  # the rebuilt one holds
+    assert not built and torch.equal(reused.images, store.images)
+
+
+def test_an_in_memory_run_on_a_cache_with_a_label_out_of_range_rebuilds_it_and_trains(tmp_path, capsys):
+    _folder(tmp_path / "data", n=10)
+    common = dict(data_dir=str(tmp_path / "data"), in_memory=True, epochs=1, img_size=16, batch_size=32,
+                  cache_dir=str(tmp_path / "cache"), output=str(tmp_path / "runs"), progress=False)
+    resnets.train(**common)
+    (path,) = (tmp_path / "cache").glob("store-*.safetensors")
+    _tamper(path, TAMPERED["label out of range"])
+    capsys.readouterr()
+    result = resnets.train(**common)  # was: IndexError: Target 7 is out of bounds
+    assert "rebuilding it" in capsys.readouterr().err and result.metrics["best_epoch"] == 1

@@ -1,7 +1,11 @@
-"""`resnets` with a crash injected, for the torchrun tests: run as `torchrun ... crashing_train.py train ...`.
+"""`resnets` with a crash injected, for the torchrun tests: run as `torchrun ... crashing_train.py train ...`
+(or with python alone, as one process).
 
 In the first attempt only (TORCHELASTIC_RESTART_COUNT=0), rank CRASH_RANK fails after CRASH_AFTER batches
-of epoch CRASH_EPOCH: with an exception (CRASH_MODE=raise) or as if the kernel killed it (CRASH_MODE=kill).
+of epoch CRASH_EPOCH: with an exception (CRASH_MODE=raise) or as if the kernel killed it (CRASH_MODE=kill); or
+it is sent a signal there, as a scheduler would send it: CRASH_MODE=SIGTERM or SIGINT to the process itself,
+twice with CRASH_SIGNALS=2; with CRASH_TARGET=group to its whole process group (DataLoader workers too, as
+Ctrl-C in a terminal does).
 """
 from __future__ import annotations
 
@@ -27,21 +31,29 @@ class CrashAfter:
     def __iter__(self):
         for i, batch in enumerate(self.loader):
             if i == self.batches:
-                print(f"injected crash on rank {os.environ['RANK']}", file=sys.stderr, flush=True)
-                if os.environ.get("CRASH_MODE") == "kill":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                raise InjectedCrash("injected by the test")
+                mode = os.environ.get("CRASH_MODE")
+                if mode in ("SIGTERM", "SIGINT"):
+                    for _ in range(int(os.environ.get("CRASH_SIGNALS", "1"))):
+                        if os.environ.get("CRASH_TARGET") == "group":
+                            os.killpg(os.getpgrp(), signal.Signals[mode])
+                        else:
+                            os.kill(os.getpid(), signal.Signals[mode])
+                else:
+                    print(f"injected crash on rank {os.environ.get('RANK', '0')}", file=sys.stderr, flush=True)
+                    if mode == "kill":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    raise InjectedCrash("injected by the test")
             yield batch
 
 
 real_train_one_epoch = trainer.train_one_epoch
 
 
-def crashing_train_one_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch):
+def crashing_train_one_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch, stop=None):
     if (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and step.dist.rank == int(os.environ["CRASH_RANK"])
             and progress.epoch == int(os.environ["CRASH_EPOCH"])):
         loader = CrashAfter(loader, int(os.environ["CRASH_AFTER"]))
-    return real_train_one_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch)
+    return real_train_one_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch, stop)
 
 
 trainer.train_one_epoch = crashing_train_one_epoch

@@ -34,6 +34,7 @@ class FakeHub:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     truncated: set[str] = field(default_factory=set)  # paths whose next body stops halfway: a dropped connection
+    not_lfs: set[str] = field(default_factory=set)  # paths served with a git etag (40 hex), not an LFS sha256
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def publish(self, repo: str, filename: str, data: bytes, revision: str = "main") -> None:
@@ -69,7 +70,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            etag = f'"{hashlib.sha256(data).hexdigest()}"'
+            digest = hashlib.sha1(data) if self.path in hub.not_lfs else hashlib.sha256(data)
+            etag = f'"{digest.hexdigest()}"'
             start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
             self.send_response(206 if start else 200)  # a resumed download asks for the rest (the Hub serves ranges)
             self.send_header("Content-Length", str(len(data) - start))

@@ -2,17 +2,21 @@
 error with nothing left in the cache that a later run would trust."""
 from __future__ import annotations
 
+import dataclasses
+import io
 from pathlib import Path
 
 import pytest
 import huggingface_hub
 import torch
 from huggingface_hub import constants as hf_constants
+from safetensors.torch import save
 
 import resnets
 import resnets.cli
 from resnets.errors import CheckpointError, DownloadError
 from resnets.hub import imagenet_class_names
+from resnets.hub.catalog import catalog
 
 
 def _equal(model, state) -> bool:
@@ -164,7 +168,21 @@ def test_weights_for_rgb_are_adapted_to_one_or_more_input_channels(published):
     assert torch.allclose(five.conv1.weight, torch.cat([rgb, rgb[:, :2]], dim=1) * 3 / 5)
 
 
-@pytest.mark.parametrize("weights", [["--model", "resnet18.a1_in1k"], ["--model", "resnet18", "--pretrained"],
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_a_model_for_other_than_rgb_input_predicts_from_rgb_files(tmp_path, capsys, in_chans):
+    from PIL import Image
+
+    model = resnets.create_model("resnet18", in_chans=in_chans, num_classes=2)
+    model.class_names = ["dark", "light"]
+    folder = resnets.save_pretrained(model, tmp_path / "folder")
+    Image.new("RGB", (40, 30), "orange").save(tmp_path / "photo.png")
+    for command in (["predict", "--weights", str(folder)], ["cam", "--weights", str(folder), "--output",
+                                                            str(tmp_path / "cams")]):
+        assert resnets.cli.main([*command, str(tmp_path / "photo.png")]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[1].split(",")[1] in ("dark", "light")
+
+
+@pytest.mark.parametrize("weights", [["--model", "resnet18.a1_in1k"], ["--model", "resnet18"],
                                      ["--pretrained", "resnet18.tv_in1k"], ["--model", "resnet18", "--pretrained",
                                                                             "tv_in1k"]])
 def test_predict_with_a_published_set_prints_imagenet_names_with_no_training(published, tmp_path, capsys, weights):
@@ -211,3 +229,82 @@ def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
     assert resnets.hub.push_to_hub(model, "me/pets", ["cat", "dog"]).endswith("/commit/1")
     assert uploaded == {"created": "me/pets", "repo": "me/pets",
                         "files": ["README.md", "config.json", "model.safetensors"]}
+
+
+def test_a_url_without_a_hash_is_checked_at_every_use_against_its_own_sha256(published, cached_files):
+    url = published.hub.file_url("weights.pth", published.tv_bytes)
+    resnets.create_model("resnet18", pretrained=url)
+    (cached,) = [p for p in cached_files() if p.name == "weights.pth"]
+    assert cached.with_name("weights.pth.sha256").is_file()
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match="damaged .its sha256 is not the one it had when downloaded.; it is removed"):
+        resnets.create_model("resnet18", pretrained=url)
+    assert not cached.exists()
+    assert _equal(resnets.create_model("resnet18", pretrained=url), published.state)
+
+
+def test_a_url_of_torch_saves_legacy_format_downloads(published, tmp_path):
+    buf = io.BytesIO()
+    torch.save(published.state, buf, _use_new_zipfile_serialization=False)
+    url = published.hub.file_url("legacy.pth", buf.getvalue())
+    assert _equal(resnets.create_model("resnet18", pretrained=url), published.state)
+
+
+@pytest.mark.parametrize("url", ["{url}/files/", "{url}/files/sub/.."])
+def test_a_url_that_names_no_file_is_refused_before_downloading(published, url):
+    with pytest.raises(DownloadError, match="names no file"):
+        resnets.create_model("resnet18", pretrained=url.format(url=published.hub.url))
+    assert published.hub.requests == []
+
+
+def test_a_hub_file_that_is_not_whole_weights_is_not_kept(hub, cached_files):
+    path = "/me/broken/resolve/main/model.safetensors"
+    hub.publish("me/broken", "model.safetensors", b"<html>a proxy's error page</html>")
+    hub.not_lfs.add(path)  # no sha256 to check it against: only its content can tell
+    with pytest.raises(DownloadError, match="not a whole weights file.*removed"):
+        resnets.create_model("resnet18", pretrained="hf-hub:me/broken")
+    assert not [p for p in cached_files() if p.stat().st_size == 33]
+
+
+def test_a_published_set_once_cached_is_used_without_asking_the_hub(published):
+    resnets.create_model("resnet18", pretrained=True)
+    count = len(published.hub.requests)
+    resnets.create_model("resnet18", pretrained=True)
+    assert len(published.hub.requests) == count  # no HEAD either: a published set does not change
+
+
+def test_download_of_a_hub_model_folder_fetches_its_config_for_offline_use(hub, tmp_path, monkeypatch):
+    folder = resnets.save_pretrained(resnets.create_model("resnet18", num_classes=3), tmp_path / "folder")
+    for name in ("config.json", "model.safetensors"):
+        hub.publish("me/pets", name, (folder / name).read_bytes())
+    resnets.hub.download(["hf-hub:me/pets"])
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    assert resnets.create_model("hf-hub:me/pets", pretrained=True).num_classes == 3
+
+
+def test_a_backbone_set_without_a_head_loads_with_a_fresh_one(published, monkeypatch):
+    headless = {k: v for k, v in published.state.items() if not k.startswith("fc.")}
+    published.hub.publish("timm/resnet18.headless", "model.safetensors", save(headless))
+    sets = catalog()
+    monkeypatch.setitem(sets, "resnet18.headless", dataclasses.replace(
+        sets["resnet18.a1_in1k"], name="resnet18.headless", source="hf-hub:timm/resnet18.headless", num_classes=0,
+        labels="", default=False))
+    assert resnets.create_model("resnet18.headless", pretrained=True).num_classes == 0  # the set's own: none
+    model = resnets.create_model("resnet18.headless", pretrained=True, num_classes=5)
+    assert model.num_classes == 5 and _equal(model, headless)
+
+
+def test_weights_of_another_set_bring_their_own_test_size(published):
+    model = resnets.create_model("resnet18.a1_in1k", pretrained="tv_in1k")
+    assert model.pretrained_cfg == catalog()["resnet18.tv_in1k"].pretrained_cfg
+    assert model.pretrained_cfg.test_input_size is None  # a1_in1k's 288 does not carry over
+
+
+def test_a_published_name_wins_over_a_folder_of_that_name_here(published, tmp_path, monkeypatch):
+    (tmp_path / "resnet18").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resnets.hub.download(["resnet18"])[0].weight_set.name == "resnet18.a1_in1k"
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        resnets.hub.download(["./resnet18"])

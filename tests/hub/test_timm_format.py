@@ -30,6 +30,9 @@ OPTIONS = {  # resnets name and options: what each case exercises in the mapping
     "res2net": ("res2net50_14w_8s", {}),
     "res2next": ("res2next50", dict(output_stride=16)),
     "basic se": ("resnet18", dict(attention="se")),
+    "block changed": ("resnet18", dict(block="bottleneck")),
+    "se removed": ("seresnet50", dict(attention=None)),
+    "res2net block changed": ("res2net50_26w_4s", dict(block="bottleneck")),
 }
 
 

@@ -150,6 +150,23 @@ def test_a_crash_with_max_restarts_resumes_by_itself_and_matches_the_uninterrupt
         assert same_weights(tmp_path / "run" / name, two_process_run / name) == []
 
 
+def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_resume_matches(tmp_path, two_process_run):
+    # Only rank 1 is sent SIGTERM (in epoch 2, before its batch 9): the ranks agree on the stop at their next
+    # exchange, every 8 steps, so both save step 22 + 16 = 38 and end with 143.
+    env = {"CRASH_RANK": "1", "CRASH_EPOCH": "2", "CRASH_AFTER": "9", "CRASH_MODE": "SIGTERM"}
+    stopped = torchrun([*SMALL, "--name", "run"], tmp_path, script=HELPER, env=env)
+    assert stopped.returncode != 0
+    assert ("resnets train: stopped by SIGTERM at epoch 2, image 1,024/1,438 (step 38), saved; go on with "
+            f"`resnets train --resume {tmp_path / 'run'}`") in stopped.stderr
+    # torchrun reports the exit codes (and its own traceback); no traceback passes through resnets' code
+    assert "exitcode  : 143" in stopped.stderr and f"{os.sep}resnets{os.sep}training" not in stopped.stderr
+    assert list_checkpoints(tmp_path / "run")[-1].name == "checkpoint-0002-000000038.pt"
+    resumed = torchrun(["--resume", str(tmp_path / "run"), "--no-progress"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("last.safetensors", "best.safetensors"):
+        assert same_weights(tmp_path / "run" / name, two_process_run / name) == []
+
+
 def test_an_exception_on_one_rank_ends_the_job_with_an_error(tmp_path):
     env = {"CRASH_RANK": "1", "CRASH_EPOCH": "1", "CRASH_AFTER": "3", "CRASH_MODE": "raise"}
     started = time.monotonic()

@@ -33,10 +33,10 @@ def test_the_step_loop_has_no_host_sync(tmp_path, monkeypatch, poison_losses, op
 
         return unchecked
 
-    def strict_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch):
+    def strict_epoch(step, loader, cfg, progress, checkpoint, batches_per_epoch, stop=None):
         torch.cuda.set_sync_debug_mode("error")
-        try:
-            return real_epoch(step, loader, cfg, progress, allowed(checkpoint), batches_per_epoch)
+        try:  # the stop check reads a host-side flag: no wait
+            return real_epoch(step, loader, cfg, progress, allowed(checkpoint), batches_per_epoch, stop)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 

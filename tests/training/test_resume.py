@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import os
 import signal
@@ -21,6 +22,11 @@ from resnets.errors import CheckpointError
 from resnets.training.checkpoint import (find_checkpoint, list_checkpoints, load_checkpoint,
                                          remove_stray_temp_files, save_checkpoint)
 from resnets.errors import TrainingError
+from resnets.models.registry import build_model
+from resnets.training.checkpoint import rng_state
+from resnets.training.config import make_config
+from resnets.training.epoch import Progress
+from resnets.training.optim import make_optimizer
 
 SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--no-progress"]  # digits, 45 steps an epoch
 
@@ -99,12 +105,13 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, workers, r
 
 
 def test_sigkill_during_saves_never_leaves_a_partial_file(tmp_path):
+    template = tmp_path / "template.pt"
+    torch.save(_state(0), template)
     script = f"""
 import torch, itertools
 from pathlib import Path
 from resnets.training.checkpoint import save_checkpoint
-state = dict(model={{"w": torch.randn(2_000_000)}}, optimizer={{}}, scheduler={{}}, epoch=1, batch_in_epoch=0,
-             config={{}}, history=[])
+state = dict(torch.load({str(template)!r}, weights_only=True), padding=torch.randn(2_000_000))  # 8 MB a save
 print("ready", flush=True)
 for step in itertools.count():
     save_checkpoint(Path({str(tmp_path)!r}), dict(state, global_step=step), keep=3)
@@ -125,8 +132,13 @@ for step in itertools.count():
 
 
 def _state(step: int) -> dict:
-    return dict(model={"w": torch.full((4,), float(step))}, optimizer={}, scheduler={}, epoch=1, batch_in_epoch=step,
-                global_step=step, config={}, history=[])
+    """A resume state its schema takes (training/state_schema.py): cifar_resnet20 for 3 classes, weights = step."""
+    cfg = make_config({})
+    model = build_model(cfg.model, num_classes=3)
+    return dict(model={k: torch.full_like(v, step) for k, v in model.state_dict().items()},
+                optimizer=make_optimizer(model, cfg).state_dict(), epoch=1, batch_in_epoch=step, global_step=step,
+                progress=dataclasses.asdict(Progress(batch_in_epoch=step, global_step=step)), config=cfg.to_dict(),
+                history=[], class_names=["a", "b", "c"], rng=rng_state())
 
 
 def test_retention_keeps_the_newest_and_resume_auto_falls_back(tmp_path, capsys):

@@ -10,7 +10,6 @@ main process, writes them to bad_files.csv and stops the run beyond a set share.
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -19,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from ..errors import DataError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_csv, csv_value
 from ..messages import Warn, counted, warn
 
 BAD_FILES_CSV = "bad_files.csv"
@@ -71,7 +70,7 @@ class BadFiles:
             with open(self.csv_path, newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     if row.get("file"):
-                        self.reasons.setdefault(row["file"], row.get("reason") or "")
+                        self.reasons.setdefault(csv_value(row["file"]), csv_value(row.get("reason") or ""))
             self._reported = len(self.reasons)
 
     def add(self, broken: Iterable[Unreadable]) -> None:
@@ -88,11 +87,7 @@ class BadFiles:
     def write(self) -> None:
         if self.csv_path is None or not self.reasons:
             return
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "reason"])
-        writer.writerows(sorted(self.reasons.items()))
-        atomic_write_text(self.csv_path, buf.getvalue())
+        atomic_write_csv(self.csv_path, [("file", "reason"), *sorted(self.reasons.items())])
 
     def report(self) -> None:
         """Write the list and warn in one line, if unreadable files were found since the last report."""

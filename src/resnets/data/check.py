@@ -5,18 +5,20 @@ train and val (leakage: val accuracy then measures memory, not generalisation).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..device import check_workers, default_workers
 from ..errors import BrokenImageError, DataError
-from ..messages import counted
+from ..messages import counted, printable
 from .datasets import class_difference, class_folders, split_folders, split_overlap, too_few_classes
-from .images import decode_image, read_bytes
+from .images import MAX_IMAGE_BYTES, decode_image, max_image_bytes, read_bytes
 from .walk import find_images, require_folder
 
 MAX_IMBALANCE = 10.0  # largest / smallest class above this is reported as a problem
@@ -80,14 +82,15 @@ class DataReport:
         return found
 
     def format(self, limit: int = MAX_LISTED) -> str:
+        """The report as text; every line escaped by `printable`, so names from the data cannot add lines."""
         lines = [f"{self.root}: {self.files:,} files decoded by {counted(self.workers, 'process', 'processes')} "
                  f"in {self.seconds:.1f} s"]
         for split in self.splits:
             lines += ["", f"{split.name}: {split.root} ({split.images:,} readable images, "
                           f"{counted(len(split.class_counts), 'class', 'classes')})"]
-            width = max(len(name) for name in split.class_counts)
+            width = max(len(printable(name)) for name in split.class_counts)
             for name, n in split.class_counts.items():
-                lines.append(f"  {name:<{width}}  {n:>8,}{'  EMPTY' if n == 0 else ''}")
+                lines.append(f"  {printable(name):<{width}}  {n:>8,}{'  EMPTY' if n == 0 else ''}")
             nonempty = {k: v for k, v in split.class_counts.items() if v}
             if len(nonempty) > 1:
                 lines.append(f"  imbalance: {split.imbalance:.1f}x ({_extremes(nonempty)})")
@@ -102,7 +105,7 @@ class DataReport:
         problems = self.problems
         lines += ["", f"{counted(len(problems), 'problem')}: " + "; ".join(problems) if problems
                   else "no problems found"]
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))
 
 
 def _extremes(counts: dict[str, int]) -> str:
@@ -113,10 +116,10 @@ def _extremes(counts: dict[str, int]) -> str:
     return f"{big} {counts[big]:,} / {small} {counts[small]:,}"
 
 
-def inspect_file(path: str) -> tuple[str, str, str | None]:
+def inspect_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[str, str, str | None]:
     """(path, hash of the bytes, None) for a readable image; (path, hash or "", reason) for a broken one."""
     try:
-        data = read_bytes(path)
+        data = read_bytes(path, max_bytes)
     except BrokenImageError as e:
         return path, "", e.reason
     digest = hashlib.blake2b(data, digest_size=20).hexdigest()
@@ -147,8 +150,17 @@ def _layout(path: Path, val_dir: Path | None) -> list[tuple[str, Path]]:
     return layout
 
 
+def _inspect_all(inspect: Any, paths: list[str], workers: int) -> list[Any]:
+    if workers <= 1 or len(paths) < 2 * workers:
+        return list(map(inspect, paths))
+    # Chunks amortise the inter-process round trip; 4 per worker keeps the cores busy to the end.
+    chunk = max(1, min(256, len(paths) // (4 * workers)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(inspect, paths, chunksize=chunk))
+
+
 def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path | None = None,
-               max_imbalance: float = MAX_IMBALANCE) -> DataReport:
+               max_imbalance: float = MAX_IMBALANCE, max_image_mb: float | None = None) -> DataReport:
     """Fully decode every image of an ImageFolder (or of its train/, val/ and test/ splits) and report.
 
     Args:
@@ -156,10 +168,13 @@ def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path
         workers: decoding processes (default: every core); 0 or 1 decode in this process.
         val_dir: a separate val folder to check for leakage against `path`.
         max_imbalance: largest over smallest class above this counts as a problem.
+        max_image_mb: larger files (default: `MAX_IMAGE_MB`), and files that are not regular files (a FIFO, a
+            device), are reported unreadable without being read, as training would skip them.
 
     Raises DataError for a missing folder or one without class subfolders.
     """
     check_workers(workers)
+    inspect = functools.partial(inspect_file, max_bytes=max_image_bytes(max_image_mb))
     workers = default_workers(None) if workers is None else workers
     start = time.perf_counter()
     layout = _layout(Path(path).expanduser(), Path(val_dir).expanduser() if val_dir is not None else None)
@@ -172,14 +187,7 @@ def check_data(path: str | Path, workers: int | None = None, val_dir: str | Path
             owner[file] = (name, classes[label])
         splits.append(SplitReport(name, str(root), dict.fromkeys(classes, 0)))
     paths = list(owner)
-    if workers <= 1 or len(paths) < 2 * workers:
-        results = list(map(inspect_file, paths))
-    else:
-        # Chunks amortise the inter-process round trip; 4 per worker keeps the cores busy to the end.
-        chunk = max(1, min(256, len(paths) // (4 * workers)))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(inspect_file, paths, chunksize=chunk))
-
+    results = _inspect_all(inspect, paths, workers)
     by_split = {s.name: s for s in splits}
     broken, by_digest = [], defaultdict(list)
     for file, digest, reason in results:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import add_workers_argument
+from ..options import add_max_image_argument, add_workers_argument
 from .check import MAX_IMBALANCE, check_data
+from .images import MAX_IMAGE_MB
 
 
 def add_check_data(p: argparse.ArgumentParser) -> None:
@@ -16,10 +17,12 @@ def add_check_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-dir", default=None, metavar="DIR2", help="a val folder elsewhere, checked for leakage")
     p.add_argument("--max-imbalance", type=float, default=MAX_IMBALANCE, metavar="X",
                    help=f"largest/smallest class above this is a problem [default: {MAX_IMBALANCE:g}]")
+    add_max_image_argument(p, MAX_IMAGE_MB)
 
 
 def run_check_data(args: argparse.Namespace) -> int:
-    report = check_data(args.dir, workers=args.workers, val_dir=args.val_dir, max_imbalance=args.max_imbalance)
+    report = check_data(args.dir, workers=args.workers, val_dir=args.val_dir, max_imbalance=args.max_imbalance,
+                        max_image_mb=args.max_image_mb)
     print(report.format())
     return 1 if report.problems else 0
 

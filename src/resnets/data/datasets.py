@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from ..errors import BrokenImageError, DataError
 from ..messages import Warn, counted, listed, warn
 from .bad_files import Unreadable
-from .images import is_image_file, load_image
+from .images import MAX_IMAGE_BYTES, is_image_file, load_image, max_image_bytes
 from .walk import find_images, require_folder
 
 Transform = Callable[[Any], Any] | None
@@ -46,13 +46,16 @@ class DataSplits:
 class ImageFiles(Dataset):
     """(image, label) from a list of (path, label), decoded by `load_image` (RGB, EXIF orientation applied).
 
-    A file that does not decode gives an `Unreadable` marker instead, for `collate_skipping` to drop.
+    A file that does not decode, is not a regular file or holds more than `max_bytes` gives an `Unreadable`
+    marker instead, for `collate_skipping` to drop.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Transform = None) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Transform = None,
+                 max_bytes: int = MAX_IMAGE_BYTES) -> None:
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]  # ImageFolder's name for the labels
         self.transform = transform
+        self.max_bytes = max_bytes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -60,7 +63,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int] | Unreadable:
         path, label = self.samples[index]
         try:
-            image = load_image(path)
+            image = load_image(path, self.max_bytes)
         except BrokenImageError as e:
             return Unreadable(str(path), e.reason)
         return (self.transform(image) if self.transform is not None else image), label
@@ -200,12 +203,12 @@ def _splits(train: ImageFiles | TensorImages, val: ImageFiles | TensorImages, cl
 
 
 def _split_samples(name: str, class_names: list[str], samples: list[tuple[str, int]], val_fraction: float,
-                   seed: int, train_transform: Transform, eval_transform: Transform) -> DataSplits:
+                   seed: int, train_transform: Transform, eval_transform: Transform, max_bytes: int) -> DataSplits:
     labels = [label for _, label in samples]
     train_idx, val_idx = stratified_split(labels, class_names, val_fraction, seed)
     # Two datasets over one file list: each half needs its own transform (augment train, not val).
-    train = ImageFiles([samples[i] for i in train_idx], train_transform)
-    val = ImageFiles([samples[i] for i in val_idx], eval_transform)
+    train = ImageFiles([samples[i] for i in train_idx], train_transform, max_bytes)
+    val = ImageFiles([samples[i] for i in val_idx], eval_transform, max_bytes)
     return _splits(train, val, class_names,
                    _summary(name, train_idx, val_idx, class_names, _split_info(val_fraction, seed)))
 
@@ -224,7 +227,7 @@ def held_out(splits: dict[str, Path]) -> Path | None:
 
 
 def _folder_splits(data_dir: Path, val_fraction: float, seed: int, train_transform: Transform,
-                   eval_transform: Transform, download: bool) -> DataSplits:
+                   eval_transform: Transform, download: bool, max_bytes: int) -> DataSplits:
     found = split_folders(data_dir)
     val_dir = held_out(found)
     if "train" in found and val_dir is not None:
@@ -238,8 +241,8 @@ def _folder_splits(data_dir: Path, val_fraction: float, seed: int, train_transfo
             raise DataError(f"{data_dir / 'train'} and {val_dir} have different classes: only in train: "
                             f"{listed(only_train)}; only in {val_dir.name}: {listed(only_val)}")
         _check_classes(class_names, str(data_dir / "train"))
-        train = ImageFiles(train_samples, train_transform)
-        val = ImageFiles(val_samples, eval_transform)
+        train = ImageFiles(train_samples, train_transform, max_bytes)
+        val = ImageFiles(val_samples, eval_transform, max_bytes)
         return _splits(train, val, class_names, _summary(f"ImageFolder {data_dir}", train_samples, val_samples,
                                                          class_names, f"train/ and {val_dir.name}/ folders"))
     # A lone train/ folder would otherwise become a class called "train": split it instead.
@@ -247,7 +250,7 @@ def _folder_splits(data_dir: Path, val_fraction: float, seed: int, train_transfo
     class_names, samples = scan_image_folder(root)
     _check_classes(class_names, str(root))
     return _split_samples(f"ImageFolder {root}", class_names, samples, val_fraction, seed,
-                          train_transform, eval_transform)
+                          train_transform, eval_transform, max_bytes)
 
 
 def _read_csv(csv_path: Path) -> list[tuple[str, str]]:
@@ -276,7 +279,7 @@ def _read_csv(csv_path: Path) -> list[tuple[str, str]]:
 
 
 def _csv_splits(data_dir: Path, val_fraction: float, seed: int, train_transform: Transform,
-                eval_transform: Transform, download: bool) -> DataSplits:
+                eval_transform: Transform, download: bool, max_bytes: int) -> DataSplits:
     rows = _read_csv(data_dir)
     not_found = [file for file, _ in rows if not Path(file).is_file()]
     if not_found:
@@ -292,7 +295,7 @@ def _csv_splits(data_dir: Path, val_fraction: float, seed: int, train_transform:
     class_to_idx = {name: i for i, name in enumerate(class_names)}
     samples = [(file, class_to_idx[label]) for file, label in rows]
     return _split_samples(f"CSV {data_dir}", class_names, samples, val_fraction, seed,
-                          train_transform, eval_transform)
+                          train_transform, eval_transform, max_bytes)
 
 
 def digits_images() -> tuple[torch.Tensor, list[int]]:
@@ -307,7 +310,7 @@ def digits_images() -> tuple[torch.Tensor, list[int]]:
 
 
 def _digits_splits(data_dir: Path | None, val_fraction: float, seed: int, train_transform: Transform,
-                   eval_transform: Transform, download: bool) -> DataSplits:
+                   eval_transform: Transform, download: bool, max_bytes: int) -> DataSplits:
     images, labels = digits_images()
     class_names = [str(d) for d in range(10)]
     train_idx, val_idx = stratified_split(labels, class_names, val_fraction, seed)
@@ -318,7 +321,7 @@ def _digits_splits(data_dir: Path | None, val_fraction: float, seed: int, train_
 
 
 def _cifar_splits(name: str, data_dir: Path, val_fraction: float, seed: int, train_transform: Transform,
-                  eval_transform: Transform, download: bool) -> DataSplits:
+                  eval_transform: Transform, download: bool, max_bytes: int) -> DataSplits:
     cifar, title = CIFAR[name]
     root = data_dir.parent if data_dir.name == cifar.base_folder else data_dir  # accept either folder
     try:
@@ -349,7 +352,7 @@ NEEDS_DATA_DIR = {"folder": "an ImageFolder root", "csv": "a CSV file with colum
 
 def load_splits(dataset: str = "folder", data_dir: str | Path | None = None, *, val_fraction: float = 0.2,
                 seed: int = 0, train_transform: Transform = None, eval_transform: Transform = None,
-                download: bool = False) -> DataSplits:
+                download: bool = False, max_image_mb: float | None = None) -> DataSplits:
     """Train and val datasets with their labels and class names.
 
     Args:
@@ -361,6 +364,8 @@ def load_splits(dataset: str = "folder", data_dir: str | Path | None = None, *, 
         train_transform, eval_transform: applied to train and val items (PIL images, or uint8 tensors for
             digits); None leaves items as they are.
         download: fetch CIFAR if it is missing.
+        max_image_mb: image files larger than this many MiB (default: `MAX_IMAGE_MB`), and files that are not
+            regular files (a FIFO, a device), are unreadable: skipped and listed, never read.
     """
     if dataset not in LOADERS:
         raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(LOADERS)}")
@@ -369,16 +374,17 @@ def load_splits(dataset: str = "folder", data_dir: str | Path | None = None, *, 
     if data_dir is None and dataset in NEEDS_DATA_DIR:
         raise DataError(f"dataset {dataset!r} needs data_dir: {NEEDS_DATA_DIR[dataset]}")
     return LOADERS[dataset](None if data_dir is None else Path(data_dir).expanduser(), val_fraction, seed,
-                            train_transform, eval_transform, download)
+                            train_transform, eval_transform, download, max_image_bytes(max_image_mb))
 
 
-def load_eval_set(data_dir: str | Path, transform: Transform,
-                  class_names: list[str] | None = None) -> tuple[Dataset, list[int], list[str]]:
+def load_eval_set(data_dir: str | Path, transform: Transform, class_names: list[str] | None = None,
+                  max_image_mb: float | None = None) -> tuple[Dataset, list[int], list[str]]:
     """An ImageFolder to evaluate on: data_dir/val, else data_dir/test, else data_dir itself.
 
     With `class_names` (a model's), the folder's classes must be exactly those, and labels follow
-    their order, which need not be sorted (CIFAR's is not).
+    their order, which need not be sorted (CIFAR's is not). `max_image_mb` as in `load_splits`.
     """
+    max_bytes = max_image_bytes(max_image_mb)
     data_dir = Path(data_dir).expanduser()
     root = held_out(split_folders(data_dir)) or data_dir
     class_to_idx = None
@@ -388,5 +394,5 @@ def load_eval_set(data_dir: str | Path, transform: Transform,
             raise DataError(f"classes in {root} differ from the model's: {difference}")
         class_to_idx = {name: i for i, name in enumerate(class_names)}
     names, samples = scan_image_folder(root, class_to_idx)
-    dataset = ImageFiles(samples, transform)
+    dataset = ImageFiles(samples, transform, max_bytes)
     return dataset, dataset.targets, names

@@ -30,7 +30,7 @@ from ..device import to_device
 from ..errors import BrokenImageError
 from ..messages import first_line, warn
 from .bad_files import BadFiles, Unreadable
-from .images import decode_image, read_bytes
+from .images import MAX_IMAGE_BYTES, decode_image, read_bytes
 from .in_memory import DeviceAugment
 
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
@@ -96,10 +96,11 @@ def device_decodable(data: bytes) -> bool:
 
 class EncodedFiles(Dataset):
     """Items (payload, label, path): payload is the file's bytes as a 1-D uint8 tensor for a device-decodable
-    JPEG, else the CPU-decoded (3, H, W) uint8 image; an `Unreadable` marker for a broken file."""
+    JPEG, else the CPU-decoded (3, H, W) uint8 image; an `Unreadable` marker for a broken file, a special file
+    (a FIFO, a device) or one of more than `max_bytes`, as `read_bytes` refuses them in the file pipeline."""
 
-    def __init__(self, samples: list[tuple[str, int]]):
-        self.samples = samples
+    def __init__(self, samples: list[tuple[str, int]], max_bytes: int = MAX_IMAGE_BYTES):
+        self.samples, self.max_bytes = samples, max_bytes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -108,7 +109,7 @@ class EncodedFiles(Dataset):
         index = key[1] if isinstance(key, tuple) else key  # EpochSampler hands out (epoch, index)
         path, label = self.samples[index]
         try:
-            data = read_bytes(path)
+            data = read_bytes(path, self.max_bytes)
             if device_decodable(data):
                 return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, str(path)
             return v2.functional.pil_to_tensor(decode_image(data, path)), label, str(path)

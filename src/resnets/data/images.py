@@ -6,6 +6,9 @@ no third outcome (no half-decoded grey tail of a truncated JPEG, no clipped 16-b
 from __future__ import annotations
 
 import io
+import math
+import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -13,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import BrokenImageError
+from ..errors import BrokenImageError, ConfigError
 from ..messages import one_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -27,6 +30,14 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited over this, as 
 # struct.error from its plugins, which load() can raise as well. MemoryError is not here: it may be real.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, NotImplementedError, EOFError, IndexError, TypeError,
                  struct.error)
+# The largest image file read, unless told otherwise (--max-image-mb). Pillow's pixel limit bounds what decodes
+# (MAX_IMAGE_PIXELS, 89.5 M): uncompressed 8-bit RGBA or CMYK at that limit is 358 MB, the largest of the
+# formats here; a camera's JPEG is under 50 MB and a scanner's TIFF a few hundred. Above this, a file cannot
+# be an image that decodes, and reading it whole (a 30 GB sparse file) would only exhaust memory.
+MAX_IMAGE_MB = 512
+MAX_IMAGE_BYTES = MAX_IMAGE_MB * 2**20
+FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
 
 
 def is_image_file(path: Path) -> bool:
@@ -34,20 +45,56 @@ def is_image_file(path: Path) -> bool:
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """The file's bytes; BrokenImageError when it cannot be read or is empty."""
+def max_image_bytes(max_image_mb: float | None) -> int:
+    """--max-image-mb in bytes (None: `MAX_IMAGE_MB`); ConfigError unless it is a number > 0."""
+    mb = MAX_IMAGE_MB if max_image_mb is None else max_image_mb
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 < mb < math.inf:
+        raise ConfigError(f"max-image-mb must be a number > 0, got {mb!r}")
+    return max(1, int(mb * 2**20))
+
+
+def read_bytes(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The file's bytes; BrokenImageError when it is not a regular file, holds more than `max_bytes`, cannot be
+    read or is empty.
+
+    Every image read goes through here, so these checks come before any `open`: opening a FIFO blocks until
+    a writer comes (forever, in a class folder), and /dev/zero or a huge sparse file never ends. os.stat
+    follows a symlink, so a link is judged by what it points to.
+    """
     try:
-        data = Path(path).read_bytes()
+        st = os.stat(path)
     except OSError as e:
         raise BrokenImageError(path, f"cannot read ({e.strerror or type(e).__name__})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((what for is_kind, what in FILE_KINDS if is_kind(st.st_mode)), "a special file")
+        raise BrokenImageError(path, f"not a regular file: {kind}")
+    if st.st_size > max_bytes:
+        raise BrokenImageError(path, _too_large(st.st_size, max_bytes))
+    try:
+        with open(path, "rb") as f:
+            # Not read(max_bytes + 1) at once: that allocates the whole limit for every file (ten times slower).
+            data = f.read(st.st_size + 1)
+            if len(data) > st.st_size:  # it grew since the stat (or is a /proc file, of size 0): on, bounded
+                data += f.read(max_bytes + 1 - len(data))
+    except OSError as e:
+        raise BrokenImageError(path, f"cannot read ({e.strerror or type(e).__name__})") from None
+    if len(data) > max_bytes:
+        raise BrokenImageError(path, _too_large(len(data), max_bytes, "or more"))
     if not data:
         raise BrokenImageError(path, "empty file (0 bytes)")
     return data
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file to 8-bit RGB, with its EXIF orientation applied; see `decode_image`."""
-    return decode_image(read_bytes(path), path)
+def _too_large(size: int, max_bytes: int, more: str = "") -> str:
+    def mib(n: int) -> str:
+        return f"{n / 2**20:,.1f}".removesuffix(".0")
+
+    return f"too large: {mib(size)} MiB{' ' + more if more else ''}, over the {mib(max_bytes)} MiB of --max-image-mb"
+
+
+def load_image(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
+    """Decode an image file to 8-bit RGB, with its EXIF orientation applied; see `read_bytes` and `decode_image`."""
+    return decode_image(read_bytes(path, max_bytes), path)
 
 
 def decode_image(data: bytes, path: str | Path = "<bytes>") -> Image.Image:

@@ -4,7 +4,8 @@ For data that fits in device memory (digits, CIFAR, a folder of some thousands o
 decoded once, resized to a fixed square "store" size, and kept in one (N, C, S, S) uint8 tensor. A batch is
 then an index into that tensor plus a few batched ops (crop, flip, normalise) on the device: no DataLoader,
 no worker processes, no host-to-device copy per step. Folders are decoded once into a cache file keyed by
-the files' paths, sizes and modification times, so any change to the data builds a new one.
+the files' paths, sizes and modification times, so any change to the data builds a new one. The file is
+not trusted as it loads: it must hold what it was built for (see `store_mismatch`), else it is rebuilt.
 
 Augmentation matches the file pipeline (transforms.py) for small images (reflect-pad, random crop, flip);
 for larger ones RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) samples from the stored center square of
@@ -35,11 +36,15 @@ from ..caches import default_cache_dir
 from ..device import to_device
 from ..errors import ConfigError
 from ..fileio import atomic_write_to
+from ..messages import one_line, warn
 from ..models.pretrained_cfg import PretrainedCfg
 from .bad_files import BadFiles, collate_skipping
+from .images import MAX_IMAGE_BYTES
 from .transforms import INTERPOLATION, SMALL_IMAGE, DeviceNormalize, image_size
 
-STORE_FORMAT = 1  # part of every cache key: a change of how images are stored invalidates old caches
+# Part of every cache key: a change of how images are stored invalidates old caches. 2: the file records its
+# key and the digest of its images, checked on load.
+STORE_FORMAT = 2
 
 
 def store_size(pretrained_cfg: PretrainedCfg, img_size: int | None = None) -> int:
@@ -78,9 +83,11 @@ def build_store(dataset: Dataset, side: int, pretrained_cfg: PretrainedCfg, work
     return ImageStore(torch.cat(images).contiguous(), torch.cat(labels).long(), broken)
 
 
-def cache_key(samples: list[tuple[str, int]], side: int, pretrained_cfg: PretrainedCfg) -> str:
-    """Digest of what a stored folder depends on: every file's path, size and mtime, labels, size, resize."""
-    h = hashlib.sha256(json.dumps([STORE_FORMAT, side, pretrained_cfg.interpolation]).encode())
+def cache_key(samples: list[tuple[str, int]], side: int, pretrained_cfg: PretrainedCfg,
+              max_bytes: int = MAX_IMAGE_BYTES) -> str:
+    """Digest of what a stored folder depends on: every file's path, size and mtime, labels, size, resize, and
+    the file size limit (a file skipped as too large may be read under a higher one)."""
+    h = hashlib.sha256(json.dumps([STORE_FORMAT, side, pretrained_cfg.interpolation, max_bytes]).encode())
     for path, label in samples:
         try:
             st = os.stat(path)
@@ -96,19 +103,66 @@ def cached_store(dataset: Dataset, side: int, pretrained_cfg: PretrainedCfg, cac
     samples = getattr(dataset, "samples", None)
     if samples is None:
         return build_store(dataset, side, pretrained_cfg, workers), None, True
-    path = Path(cache_dir or default_cache_dir()) / f"store-{cache_key(samples, side, pretrained_cfg)[:40]}.safetensors"
+    key = cache_key(samples, side, pretrained_cfg, getattr(dataset, "max_bytes", MAX_IMAGE_BYTES))
+    path = Path(cache_dir or default_cache_dir()) / f"store-{key[:40]}.safetensors"
     if path.is_file():
         try:
             with safe_open(str(path), framework="pt") as f:
-                broken = json.loads((f.metadata() or {}).get("broken", "{}"))
-                store = ImageStore(f.get_tensor("images"), f.get_tensor("labels"), broken)
+                metadata = f.metadata() or {}
+                store = ImageStore(f.get_tensor("images"), f.get_tensor("labels"),
+                                   json.loads(metadata.get("broken", "{}")))
+            why = store_mismatch(store, metadata, samples, side, key)
+        except (SafetensorError, OSError, ValueError, KeyError, RecursionError) as e:
+            why = f"unreadable: {one_line(e, 100)}"
+        if why is None:
             return store, path, False
-        except (SafetensorError, OSError, ValueError, KeyError):
-            pass  # a damaged cache is rebuilt, never trusted
+        warn(f"{path}: the --in-memory cache does not hold what it was built for ({why}); rebuilding it")
     store = build_store(dataset, side, pretrained_cfg, workers)
+    metadata = {"broken": json.dumps(store.broken), "key": key, "images_sha256": images_digest(store.images)}
     atomic_write_to(path, lambda tmp: save_file({"images": store.images, "labels": store.labels}, tmp,
-                                                metadata={"broken": json.dumps(store.broken)}))
+                                                metadata=metadata))
     return store, path, True
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """sha256 of the stored pixels: 1-2 s per GB on one core, a small part of what decoding them again costs,
+    and the one check that finds images swapped or altered under labels that still look right."""
+    return hashlib.sha256(images.contiguous().numpy()).hexdigest()
+
+
+def store_mismatch(store: ImageStore, metadata: dict[str, str], samples: list[tuple[str, int]], side: int,
+                   key: str) -> str | None:
+    """Why a loaded cache is not the store of `samples` it claims to be, or None.
+
+    The file name holds only part of the key, and a file can be copied, edited or damaged: out-of-range labels
+    ended training in an IndexError, and swapped labels trained silently. So everything is checked against
+    what the data says now: the full key, the broken files (some of the data's), the shapes, every label (the
+    readable files' labels, in order, as `build_store` stores them), and the digest of the images.
+    """
+    if metadata.get("key") != key:
+        return "it was built for other data or settings"
+    broken, images, labels = store.broken, store.images, store.labels
+    paths = {path for path, _ in samples}
+    if not isinstance(broken, dict) or not all(isinstance(f, str) and isinstance(r, str) and f in paths
+                                               for f, r in broken.items()):
+        return "its list of unreadable files is not some of the data's files with reasons"
+    expected = [label for path, label in samples if path not in broken]
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, side, side):
+        return f"images {_dtype(images)} {tuple(images.shape)}, not uint8 (N, 3, {side}, {side})"
+    if labels.dtype != torch.int64 or labels.ndim != 1:
+        return f"labels {_dtype(labels)} {tuple(labels.shape)}, not int64 (N,)"
+    if not len(images) == len(labels) == len(expected):
+        return f"{len(images):,} images and {len(labels):,} labels for {len(expected):,} readable files"
+    if labels.tolist() != expected:
+        i = next(i for i, (a, b) in enumerate(zip(labels.tolist(), expected)) if a != b)
+        return f"label {labels[i].item()} for item {i}, whose file is labelled {expected[i]}"
+    if metadata.get("images_sha256") != images_digest(images):
+        return "its images are not the ones it was built with"
+    return None
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 class DeviceAugment:

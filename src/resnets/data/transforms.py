@@ -45,6 +45,27 @@ class CapAspect(v2.Transform):
         return v2.functional.center_crop(inpt, [cap(height, width), cap(width, height)])
 
 
+class MatchChannels(v2.Transform):
+    """Images are decoded as RGB; a model with another number of input channels (in_chans) gets them so:
+    one channel as luma (ITU-R 601, PIL's "L"), more as the RGB channels repeated (how its first conv was
+    adapted from RGB weights)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, torch.Tensor) or inpt.shape[-3] == self.channels:
+            return inpt
+        if self.channels == 1:
+            return v2.functional.rgb_to_grayscale(inpt)
+        return inpt[..., [i % inpt.shape[-3] for i in range(self.channels)], :, :]
+
+
+def _channels(pretrained_cfg: PretrainedCfg) -> list[v2.Transform]:
+    return [MatchChannels(pretrained_cfg.input_size[0])] if pretrained_cfg.input_size[0] != 3 else []
+
+
 def image_size(pretrained_cfg: PretrainedCfg, img_size: int | None = None) -> int:
     return int(pretrained_cfg.input_size[-1] if img_size is None else img_size)
 
@@ -87,7 +108,7 @@ def train_transform(pretrained_cfg: PretrainedCfg, img_size: int | None = None, 
         raise ConfigError("random erasing works on normalised images: it needs normalize=True")
     size = image_size(pretrained_cfg, img_size)
     interp = INTERPOLATION[pretrained_cfg.interpolation]
-    ops: list[Any] = [v2.ToImage()]
+    ops: list[Any] = [v2.ToImage(), *_channels(pretrained_cfg)]
     if size <= SMALL_IMAGE:
         ops += [CapAspect(), v2.Resize(size, interpolation=interp, antialias=True), v2.CenterCrop(size),
                 v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect")]
@@ -110,6 +131,6 @@ def eval_transform(pretrained_cfg: PretrainedCfg, img_size: int | None = None, n
     size = image_size(pretrained_cfg, img_size)
     crop_pct = pretrained_cfg.crop_pct
     resize = int(math.floor(size / crop_pct)) if crop_pct > 0 else size
-    return v2.Compose([v2.ToImage(), CapAspect(),
+    return v2.Compose([v2.ToImage(), *_channels(pretrained_cfg), CapAspect(),
                        v2.Resize(resize, interpolation=INTERPOLATION[pretrained_cfg.interpolation], antialias=True),
                        v2.CenterCrop(size), *(_to_normalized(pretrained_cfg) if normalize else [])])

@@ -172,12 +172,13 @@ def _warn_skipped(walk: _FolderWalk, root: Path, warn: Warn) -> None:
 def list_images(paths: Iterable[str | Path], warn: Warn = warn) -> list[Path]:
     """Image files among `paths`; folders are searched recursively, in sorted order, as training searches a
     class folder (symlinks followed, each real folder and file once; hidden files skipped). `warn` takes
-    the note on skipped symlinks."""
+    the note on skipped symlinks. A path named that is not a regular file (a FIFO, /dev/zero) is kept, to be
+    refused by `read_bytes` with its reason, as it would be inside a folder."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found += images_under(p, warn)
-        elif p.is_file():
+        elif p.exists():
             found.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")

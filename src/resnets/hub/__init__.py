@@ -7,7 +7,7 @@
 Published weights are the catalog's (`catalog.py`), fetched and verified by `download.py`."""
 from __future__ import annotations
 
-import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +22,19 @@ from ..errors import CheckpointError, ConfigError, ResnetsError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..messages import one_line
 from ..models.features import FeatureExtractor
+from ..models.pretrained_cfg import PretrainedCfg
+from ..models.metadata_schema import check_size, read_json_file
 from ..models.registry import build_model, list_models
 from ..models.resnet import ResNet
-from ..models.weights import (CLASSIFIER_PREFIX, WEIGHTS_FILE, LoadReport, build_from_metadata, load_state,
-                              read_state_dict, resolve_weights, save_weights)
+from ..models.weights import (CLASSIFIER_PREFIX, TORCH_WEIGHTS_FILE, WEIGHTS_FILE, LoadReport, build_from_metadata,
+                              load_state, read_state_dict, resolve_weights, save_weights)
 from .catalog import WeightSet, catalog, find_weights
 from .download import HUB_PREFIX, fetch, fetch_hub_file
 from .timm_format import (config_from_timm, labels_from_timm, model_card, pretrained_cfg_from_timm, resnets_name,
                           timm_config)
 
 CONFIG_FILE, CARD_FILE = "config.json", "README.md"
-TORCH_WEIGHTS_FILE = "pytorch_model.bin"  # what timm's save_for_hf writes without safetensors
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".tar", ".ckpt")
 
 
 @dataclass
@@ -58,27 +60,35 @@ def find_pretrained(spec: str | bool, architecture: str | None = None) -> Pretra
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"pretrained={spec!r} is not weights: give True, a name, a URL or a path")
     if spec.startswith(HUB_PREFIX) or spec.startswith(("http://", "https://")):
-        return Pretrained(fetch(spec))
-    if Path(spec).exists():
+        published = next((w for w in catalog().values() if w.source == spec), None)  # with its preprocessing
+        return _published(published) if published else Pretrained(fetch(spec))
+    path_like = os.sep in spec or spec.startswith(".") or Path(spec).suffix.lower() in WEIGHT_SUFFIXES
+    if path_like and Path(spec).exists():
         return Pretrained(resolve_weights(spec))
+    # A published name wins over a folder in the working directory that happens to share it ("./resnet18" is
+    # the folder)
     for name in (spec, f"{architecture}.{spec}"):
         if name in catalog():
             return _published(catalog()[name])
     if spec.partition(".")[0] in list_models():  # an architecture, or one of its tags that does not exist
         return _published(find_weights(spec))
+    if Path(spec).exists():
+        return Pretrained(resolve_weights(spec))
     raise CheckpointError(f"{spec}: no such weights file or folder, nor a URL, hf-hub: repo or published weight "
                           f"set (`resnets weights` lists them)")
 
 
 def _published(weight_set: WeightSet) -> Pretrained:
-    return Pretrained(fetch(weight_set.source, weight_set.sha256, weight_set.name), weight_set)
+    # A published set does not change: once in the cache it is used without asking the Hub again
+    return Pretrained(fetch(weight_set.source, weight_set.sha256, weight_set.name, cache_first=True), weight_set)
 
 
 def load_pretrained(model: nn.Module, pretrained: Pretrained) -> LoadReport:
     """Load found weights into `model`: a published set brings its preprocessing and, for ImageNet-1k, the
     class names; weights for 3-channel input are adapted to the model's first conv (timm's rule)."""
     state, metadata = read_state_dict(pretrained.path)
-    adapt_input_conv(model, state)
+    if adapt_input_conv(model, state):
+        metadata = _with_channels(metadata, model)
     if pretrained.weight_set is not None:
         ws = pretrained.weight_set
         channels = model.pretrained_cfg.input_size[0]
@@ -90,21 +100,32 @@ def load_pretrained(model: nn.Module, pretrained: Pretrained) -> LoadReport:
     return report
 
 
-def adapt_input_conv(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def adapt_input_conv(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
     """Weights for another number of input channels than the model's first conv: summed over the RGB
     channels for one channel; repeated and scaled by 3/C for C channels, so that activations keep their scale
-    (timm's `adapt_input_conv`)."""
+    (timm's `adapt_input_conv`). Returns whether it adapted them."""
     key = "conv1.0.weight" if "conv1.0.weight" in state else "conv1.weight"
     expected = model.state_dict().get(key)
     weight = state.get(key)
     if expected is None or weight is None or weight.shape[1] == expected.shape[1] or weight.shape[1] != 3:
-        return
+        return False
     chans = expected.shape[1]
     if chans == 1:
         state[key] = weight.sum(dim=1, keepdim=True)
     else:
         repeats = -(-chans // 3)
         state[key] = weight.repeat(1, repeats, 1, 1)[:, :chans] * (3 / chans)
+    return True
+
+
+def _with_channels(metadata: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """A file's metadata after its first conv was adapted: its RGB preprocessing for the model's channels."""
+    channels = model.pretrained_cfg.input_size[0] if isinstance(model, (ResNet, FeatureExtractor)) else 3
+    try:
+        cfg = PretrainedCfg.from_dict(metadata["pretrained_cfg"], base=model.pretrained_cfg)
+        return {**metadata, "pretrained_cfg": cfg.with_channels(channels).to_dict()}
+    except (KeyError, TypeError, ValueError, ConfigError):  # none, or not usable: load_state says which
+        return metadata
 
 
 def imagenet_class_names() -> list[str]:
@@ -135,9 +156,11 @@ def create_model(name: str, pretrained: bool | str = False, features_only: bool 
         model = _from_hub(name[len(HUB_PREFIX):], bool(pretrained), overrides)
     else:
         architecture, _, tag = name.partition(".")
+        weight_set = find_weights(name) if tag else None
+        if weight_set is not None:  # its head by default (none, for a backbone's weights), as timm does
+            overrides = {"num_classes": weight_set.num_classes, **overrides}
         model = build_model(architecture, **overrides)
-        if tag:
-            weight_set = find_weights(name)
+        if weight_set is not None:
             model.pretrained_cfg = weight_set.pretrained_cfg.with_channels(model.pretrained_cfg.input_size[0])
             pretrained = name if pretrained is True else pretrained
         if pretrained:
@@ -202,6 +225,7 @@ def from_pretrained(directory: str | Path, weights: bool = True, **overrides: An
         if not files:
             raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or {TORCH_WEIGHTS_FILE} beside config.json")
         state, metadata = read_state_dict(files[0])
+        adapt_input_conv(model, state)  # in_chans overridden: the first conv from the saved one
         # config.json speaks for the folder: what it says of preprocessing and classes wins over the file's own
         metadata = {**metadata, "pretrained_cfg": model.pretrained_cfg.to_dict(), "class_names": model.class_names}
         load_state(model, state, metadata, files[0])
@@ -212,6 +236,7 @@ def _build_from_timm_config(config: dict[str, Any], source: Path, overrides: dic
     cfg = config_from_timm(config, str(source))
     try:
         cfg = cfg.replace(**overrides)
+        check_size(cfg, source, "config with the overrides")
         model = cfg.build(arch_name=resnets_name(config), arch_args=overrides)
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: {one_line(e)}") from None
@@ -237,6 +262,8 @@ def load_model(weights: str | Path | None = None, model_name: str | None = None,
         return from_pretrained(weights, **overrides)
     found = find_pretrained(str(weights), model_name)  # a file, or a URL's or a published set's download
     if found.weight_set is not None:  # with its preprocessing and class names
+        if model_name and model_name.partition(".")[0] != found.weight_set.architecture:
+            raise ConfigError(f"{weights} are {found.weight_set.name}'s weights, not {model_name}'s")
         model = create_model(found.weight_set.name, **overrides)
         load_pretrained(model, found)
         return model
@@ -259,16 +286,20 @@ def load_model(weights: str | Path | None = None, model_name: str | None = None,
 
 def download(names: list[str]) -> list[Pretrained]:
     """Fetch published weights ahead of use (`resnets download`), e.g. for compute nodes without a network: a
-    set's name, an architecture (its default set), "hf-hub:ORG/REPO" or a URL."""
-    return [find_pretrained(name, name.partition(".")[0]) for name in names]
+    set's name, an architecture (its default set), "hf-hub:ORG/REPO" (its config.json too, if it has one: a
+    model folder needs it) or a URL."""
+    found = []
+    for name in names:
+        found.append(find_pretrained(name, name.partition(".")[0]))
+        if found[-1].weight_set is None and not name.startswith((HUB_PREFIX, "http://", "https://")):
+            raise ConfigError(f"{name}: a file here already; `resnets download` fetches published weights, "
+                              f"hf-hub: repos and URLs")
+        if name.startswith(HUB_PREFIX) and found[-1].weight_set is None:
+            repo, _, revision = name[len(HUB_PREFIX):].partition("@")
+            fetch_hub_file(repo, (CONFIG_FILE,), revision or None, name, optional=True)
+    return found
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({one_line(e)})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json_file(path)
 

@@ -62,9 +62,9 @@ def list_weights(pattern: str = "*") -> list[WeightSet]:
 
 def find_weights(name: str) -> WeightSet:
     """The set `architecture.tag`, or an architecture's default set; UnknownModelError saying what exists."""
-    arch, _, tag = name.partition(".")
+    arch, dot, tag = name.partition(".")
     sets = [w for w in catalog().values() if w.architecture == arch]
-    found = next((w for w in sets if (w.tag == tag if tag else w.default)), None)
+    found = next((w for w in sets if (w.tag == tag if dot else w.default)), None)
     if found is not None:
         return found
     if not sets:

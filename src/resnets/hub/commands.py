@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..analysis.flops import model_stats
+from ..models import get_config
+from ..models.metadata_schema import parameter_count
 from . import download
 from .catalog import list_weights
 from .download import cached
@@ -26,14 +27,16 @@ def run_weights(args: argparse.Namespace) -> int:
     width = max(len(w.name) for w in sets)
     print(f"{'weights':<{width}}  {'top-1':>6} {'at':>4}  {'input':>5} {'test':>5}  {'MB':>5}  cached  license       "
           f"source")
-    sizes: dict[str, float] = {}
+    sizes: dict[tuple[str, int], float] = {}
     for w in sets:
-        if w.architecture not in sizes:  # float32 parameters, as published
-            sizes[w.architecture] = model_stats(w.architecture, num_classes=w.num_classes)["params"] * 4 / 2**20
+        key = (w.architecture, w.num_classes)
+        if key not in sizes:  # float32 parameters, as published
+            # counted on the meta device, which allocates nothing: the catalog's 100-odd sets in a moment
+            sizes[key] = parameter_count(get_config(w.architecture).replace(num_classes=w.num_classes)) * 4 / 2**20
         test = w.pretrained_cfg.test_input_size[-1] if w.pretrained_cfg.test_input_size else ""
         top1 = f"{w.top1:6.2f} {w.top1_size:>4}" if w.top1 is not None else f"{'-':>6} {'':>4}"
         print(f"{w.name + (' *' if w.default else ''):<{width + 2}}{top1}  {w.pretrained_cfg.input_size[-1]:>5} "
-              f"{test:>5}  {sizes[w.architecture]:>5.0f}  {'yes' if cached(w.source) else 'no':<6}  "
+              f"{test:>5}  {sizes[(w.architecture, w.num_classes)]:>5.0f}  {'yes' if cached(w.source) else 'no':<6}  "
               f"{w.license:<12}  {w.source}")
     print("* the architecture's default (pretrained=True, --pretrained alone)")
     return 0

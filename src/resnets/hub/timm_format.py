@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import CheckpointError, ConfigError
 from ..models.blocks import EXPANSION
+from ..models.metadata_schema import checked_config
 from ..models.pretrained_cfg import PretrainedCfg
 from ..models.registry import get_config, list_models
 from ..models.resnet import ResNet, ResNetConfig
@@ -50,15 +51,25 @@ def timm_model_args(cfg: ResNetConfig) -> dict[str, Any]:
     return args
 
 
+def _timm_architecture(model: ResNet, unsupported: str) -> str:
+    """The name config.json gives timm: the model's own where timm has it and the model is still of its kind
+    (block and attention: model_args carry the rest), else timm's generic builder of that kind. For a model timm
+    cannot build, a name timm does not have: any of its own would build another network."""
+    cfg = model.cfg
+    if unsupported:
+        return f"resnets-{model.arch_name or 'custom'}"
+    if model.arch_name in timm_names():
+        registered = get_config(model.arch_name)
+        if (registered.block, registered.attention) == (cfg.block, cfg.attention):
+            return model.arch_name
+    return TIMM_BASE[(cfg.block, cfg.attention)]
+
+
 def timm_config(model: ResNet, class_names: list[str] | None) -> dict[str, Any]:
     """config.json for `model`, in timm's schema plus resnets' own architecture."""
     cfg = model.cfg
     unsupported = timm_unsupported(cfg)
-    own_name = model.arch_name if model.arch_name in timm_names() else None
-    if unsupported:  # a name timm has would have it build its own network and fail on the weights, or worse
-        architecture = model.arch_name if model.arch_name and not own_name else f"resnets-{model.arch_name or 'custom'}"
-    else:
-        architecture = own_name or TIMM_BASE[(cfg.block, cfg.attention)]
+    architecture = _timm_architecture(model, unsupported)
     pretrained_cfg = {**model.pretrained_cfg.to_dict(), "crop_mode": "center", "num_classes": model.num_classes,
                       "first_conv": "conv1.0" if cfg.stem == "deep" else "conv1", "classifier": "fc"}
     config: dict[str, Any] = {"architecture": architecture, "num_classes": model.num_classes,
@@ -92,10 +103,7 @@ def config_from_timm(config: dict[str, Any], source: str) -> ResNetConfig:
     fields = _fields_from_timm_args(args, source)
     if "num_classes" in config and "num_classes" not in fields:
         fields["num_classes"] = config["num_classes"]
-    try:
-        return get_config(architecture, **fields)
-    except (ConfigError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: model_args do not fit {architecture} ({e})") from None
+    return checked_config(fields, source, f"model_args of {architecture}", base=get_config(architecture))
 
 
 def resnets_name(config: dict[str, Any]) -> str | None:
@@ -125,10 +133,7 @@ def _fields_from_timm_args(args: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _config_from_fields(fields: dict[str, Any], source: str) -> ResNetConfig:
-    try:
-        return ResNetConfig().replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-    except (ConfigError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: architecture metadata is not a resnets config ({e})") from None
+    return checked_config(fields, source, f"{RESNETS_KEY}.config")
 
 
 def labels_from_timm(config: dict[str, Any], num_classes: int) -> list[str] | None:
@@ -149,7 +154,8 @@ def pretrained_cfg_from_timm(config: dict[str, Any], base: PretrainedCfg, source
     try:
         if not isinstance(values, dict):
             raise ConfigError("pretrained_cfg is not a mapping")
-        return PretrainedCfg.from_dict(values, base=base)
+        # for the model's channels: in_chans may be overridden (its first conv is then adapted, load_state)
+        return PretrainedCfg.from_dict(values, base=base).with_channels(base.input_size[0])
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{source}: {e}") from None
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..analysis.memory import check_activation_memory
+from ..data.images import max_image_bytes
 from ..data.transforms import eval_transform
 from ..data.walk import list_images
 from ..device import resolve_device
@@ -141,21 +143,26 @@ def output_paths(files: Sequence[Path], output_dir: str | Path, weights: str | P
 
 def cam_images(model: nn.Module, paths: Sequence[str | Path], output_dir: str | Path, *, layer: str | None = None,
                class_index: int | None = None, batch_size: int = 16, device: str | None = None,
-               warn: Warn = warn, weights: str | Path | None = None) -> list[tuple[Path, CamResult]]:
+               warn: Warn = warn, weights: str | Path | None = None,
+               max_image_mb: float | None = None) -> list[tuple[Path, CamResult]]:
     """Write `<name>_cam.png` into `output_dir` for each readable image; returns (png, 1-image result) pairs.
 
-    `weights`, the file `model` was loaded from, is refused as an output like the images are.
+    `weights`, the file `model` was loaded from, is refused as an output like the images are. Special files
+    and files over `max_image_mb` MiB are skipped, as `predict_images` skips them.
     """
+    max_bytes = max_image_bytes(max_image_mb)
     name = layer or default_layer(model)
     find_layer(model, name)  # fail on a wrong name before reading any image
     inputs = list(dict.fromkeys(list_images(paths)))  # an image named twice (its folder, and itself): one PNG
     pngs = output_paths(inputs, output_dir, weights)
     dev = resolve_device(device)
+    check_activation_memory(model, tuple(model.pretrained_cfg.for_eval().input_size[1:]), batch_size, dev,
+                            training=True, what="the weights' input_size", size_flag=None)  # backward too
     model.to(dev)
     names = model.labels()
     transform = eval_transform(model.pretrained_cfg.for_eval())
     written: list[tuple[Path, CamResult]] = []
-    for files, images in batched(read_images(inputs, transform, warn), batch_size):
+    for files, images in batched(read_images(inputs, transform, warn, max_bytes), batch_size):
         result = grad_cam(model, images.to(dev), name, class_index)
         for i, file in enumerate(files):
             c, p = result.class_indices[i], result.probabilities[i]

@@ -5,10 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..data.images import MAX_IMAGE_MB, max_image_bytes
 from ..device import resolve_device
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_bytes
 from ..hub import load_model
-from ..options import add_device_argument, add_weights_arguments, add_workers_argument
+from ..options import add_device_argument, add_max_image_argument, add_weights_arguments, add_workers_argument
 from ..reports import format_report
 from .cam import cam_images
 from .evaluate import evaluate_weights
@@ -30,13 +31,16 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
                    help="unreadable images are skipped and listed in bad_files.csv; a larger share is an error "
                         "[default: 0.01]")
+    add_max_image_argument(p, MAX_IMAGE_MB)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a mistake there is found now, not after loading the model
+    max_image_bytes(args.max_image_mb)
     s = evaluate_weights(args.weights, args.data_dir, model_name=args.model, output_dir=args.output,
                          batch_size=args.batch_size, workers=args.workers, device=args.device,
-                         img_size=args.img_size, max_bad_fraction=args.max_bad_fraction)
+                         img_size=args.img_size, max_bad_fraction=args.max_bad_fraction,
+                         max_image_mb=args.max_image_mb)
     skipped = f" ({s.unreadable_files:,} unreadable, skipped)" if s.unreadable_files else ""
     print(f"{s.weights} on {s.data_dir}: {s.num_samples:,} images{skipped}")
     print(f"top-1 {s.top1:.2f}%  top-5 {s.top5:.2f}%  loss {s.loss:.4f}")
@@ -52,19 +56,22 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, metavar="FILE.csv", help="default: print the CSV")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="[default: 32]")
     add_device_argument(p)
+    add_max_image_argument(p, MAX_IMAGE_MB)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a mistake there is found now, not after loading the model
+    max_image_bytes(args.max_image_mb)
     if args.output:
         check_output(args.output, args.weights, args.paths)  # before any work
     model = load_model(args.weights, args.model)
     check_topk(args.topk, model.num_classes)  # before reading any image
-    preds = predict_images(model, args.paths, topk=args.topk, batch_size=args.batch_size, device=args.device)
+    preds = predict_images(model, args.paths, topk=args.topk, batch_size=args.batch_size, device=args.device,
+                           max_image_mb=args.max_image_mb)
     text = predictions_csv(preds)
     if args.output:
-        atomic_write_text(args.output, text)
+        atomic_write_bytes(args.output, text.encode("utf-8"))  # as csv_text made it: CRLF, UTF-8
         print(f"wrote {len(preds)} predictions to {args.output}")
     else:
         sys.stdout.write(text)
@@ -106,16 +113,19 @@ def add_cam(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, metavar="DIR", help="default: cam/ beside the weights")
     p.add_argument("-b", "--batch-size", type=int, default=16, help="[default: 16]")
     add_device_argument(p)
+    add_max_image_argument(p, MAX_IMAGE_MB)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
 
 
 def run_cam(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a mistake there is found now, not after loading the model
+    max_image_bytes(args.max_image_mb)
     model = load_model(args.weights, args.model)
     out = args.output or (beside_weights(args.weights, "cam") if args.weights and Path(args.weights).exists()
                           else Path("cam"))
     written = cam_images(model, args.images, out, layer=args.layer, class_index=args.class_index,
-                         batch_size=args.batch_size, device=args.device, weights=args.weights)
+                         batch_size=args.batch_size, device=args.device, weights=args.weights,
+                         max_image_mb=args.max_image_mb)
     for png, result in written:
         print(png)
     print(f"wrote {len(written)} Grad-CAM image(s) to {out}")

@@ -16,6 +16,7 @@ from ..errors import ConfigError, DataError
 from ..evaluation import evaluate
 from ..fileio import atomic_write_json, check_writable
 from ..hub import load_model
+from ..analysis.memory import check_activation_memory
 from ..models.resnet import check_img_size
 from ..models.weights import resolve_weights
 from ..reports import CONFUSION_CSV, CONFUSION_PNG, REPORT_CSV, write_class_reports
@@ -61,7 +62,8 @@ def evaluate_weights(weights: str | Path | None, data_dir: str | Path, *, model_
 
 def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Path, *, batch_size: int = 64,
                    workers: int | None = None, device: str | None = None, img_size: int | None = None,
-                   max_bad_fraction: float = 0.01, weights: str | Path | None = None) -> EvalSummary:
+                   max_bad_fraction: float = 0.01, max_image_mb: float | None = None,
+                   weights: str | Path | None = None) -> EvalSummary:
     """Evaluate `model` on an ImageFolder (DIR/val, else DIR/test, else DIR) and write the reports.
 
     Args:
@@ -70,6 +72,8 @@ def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Pat
         img_size: evaluate at another resolution than the model's preprocessing says.
         max_bad_fraction: unreadable images are skipped and listed in bad_files.csv in `output_dir`;
             more than this share of them is a DataError.
+        max_image_mb: larger image files (default: `MAX_IMAGE_MB`) and special files (a FIFO, a device) are
+            unreadable: skipped and listed, never read.
         weights: the file `model` was loaded from, which no output may replace.
 
     Raises DataError when the folder's classes are not the model's, and ConfigError when an output would
@@ -80,8 +84,10 @@ def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Pat
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     check_img_size(model, img_size)  # as training does: the last stage keeps at least one pixel
+    check_activation_memory(model, img_size or tuple(model.pretrained_cfg.for_eval().input_size[1:]), batch_size, dev,
+                            what=None if img_size else "the weights' input_size")
     dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg.for_eval(), img_size),
-                                            model.class_names)
+                                            model.class_names, max_image_mb)
     if len(class_names) != model.num_classes:  # only reachable when the model names no classes
         raise DataError(f"{data_dir} has {len(class_names)} classes but the model predicts {model.num_classes}")
     out = Path(output_dir)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..analysis.memory import check_activation_memory
 from ..device import resolve_device
 from ..errors import ConfigError, ExportError, ResnetsError
 from ..fileio import atomic_write_bytes
@@ -150,6 +151,8 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, 
             raise ConfigError(f"--img-size must be positive, got {img_size}")
         height = width = img_size
     input_size = (int(chans), int(height), int(width))
+    check_activation_memory(model, input_size[1:], max(EXPORT_BATCH, CHECK_BATCH), dev, batch_flag=None,
+                            what=f"--img-size {img_size}" if img_size is not None else "the weights' input_size")
     model = model.to(dev).eval()
     meta = export_metadata(model, input_size)
     gen = torch.Generator().manual_seed(0)

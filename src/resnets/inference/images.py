@@ -6,22 +6,23 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..data.images import load_image
+from ..data.images import MAX_IMAGE_BYTES, load_image
 from ..data.walk import list_images
 from ..errors import BrokenImageError, ConfigError, DataError
 from ..messages import Warn, listed, warn
 
 
 def read_images(paths: Sequence[str | Path], transform: Callable, warn: Warn = warn,
-                ) -> Iterator[tuple[Path, torch.Tensor]]:
+                max_bytes: int = MAX_IMAGE_BYTES) -> Iterator[tuple[Path, torch.Tensor]]:
     """(path, transformed image) for each image among `paths` (folders searched recursively).
 
-    A file that cannot be decoded is skipped with a warning naming it and the reason, rather than ending a
-    long run; the caller decides what to do when nothing is left (`DataError` in `require_some`).
+    A file that cannot be decoded, is not a regular file (a FIFO, a device) or holds more than `max_bytes` is
+    skipped with a warning naming it and the reason, rather than ending a long run; the caller decides what
+    to do when nothing is left (`DataError` in `require_some`).
     """
     for path in list_images(paths):
         try:
-            image = load_image(path)
+            image = load_image(path, max_bytes)
         except BrokenImageError as e:
             warn(f"skipped {path}: {e.reason}")
             continue

@@ -1,8 +1,6 @@
 """`resnets predict`: top-k classes of image files, with preprocessing and class names from the weights alone."""
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -10,9 +8,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..analysis.memory import check_activation_memory
+from ..data.images import max_image_bytes
 from ..data.transforms import eval_transform
 from ..device import resolve_device
 from ..errors import ConfigError
+from ..fileio import csv_text
 from ..messages import Warn, warn
 from .fold import for_inference
 from .images import batched, read_images, require_some
@@ -37,19 +38,24 @@ def check_topk(topk: int | None, num_classes: int) -> int:
 
 
 def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int | None = None,
-                   batch_size: int = 32, device: str | None = None, warn: Warn = warn) -> list[Prediction]:
+                   batch_size: int = 32, device: str | None = None, max_image_mb: float | None = None,
+                   warn: Warn = warn) -> list[Prediction]:
     """Top-k predictions for every readable image among `paths` (files or folders), in input order.
 
-    Unreadable files are skipped through `warn`; DataError when no image could be read.
+    Unreadable files, special files (a FIFO, a device) and files over `max_image_mb` MiB (default:
+    `MAX_IMAGE_MB`) are skipped through `warn`; DataError when no image could be read.
     """
     k = check_topk(topk, model.num_classes)
+    max_bytes = max_image_bytes(max_image_mb)
     dev = resolve_device(device)
+    check_activation_memory(model, tuple(model.pretrained_cfg.for_eval().input_size[1:]), batch_size, dev,
+                            what="the weights' input_size", size_flag=None)
     names = model.labels()
     transform = eval_transform(model.pretrained_cfg.for_eval())  # a published set's test size and crop
     model.eval().to(dev)  # outside inference mode, so the model stays usable for training or Grad-CAM
     forward = model
     out: list[Prediction] = []
-    for i, (files, images) in enumerate(batched(read_images(paths, transform, warn), batch_size)):
+    for i, (files, images) in enumerate(batched(read_images(paths, transform, warn, max_bytes), batch_size)):
         if i == 1:
             # From the second batch on, the BN-folded copy on the CPU: folding (about 0.4 s for ResNet-50)
             # costs more than it saves on one batch of images.
@@ -66,10 +72,6 @@ def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int |
 def predictions_csv(predictions: Sequence[Prediction]) -> str:
     """Columns: file, top1_class, top1_prob, ..., topK_class, topK_prob."""
     k = len(predictions[0].classes) if predictions else 0
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["file", *(f"top{i}_{what}" for i in range(1, k + 1) for what in ("class", "prob"))])
-    for pred in predictions:
-        writer.writerow([pred.file, *(v for name, p in zip(pred.classes, pred.probabilities)
-                                      for v in (name, f"{p:.6f}"))])
-    return buf.getvalue()
+    header = ["file", *(f"top{i}_{what}" for i in range(1, k + 1) for what in ("class", "prob"))]
+    return csv_text([header, *([pred.file, *(v for name, p in zip(pred.classes, pred.probabilities)
+                                             for v in (name, float(p)))] for pred in predictions)])

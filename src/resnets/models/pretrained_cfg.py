@@ -75,7 +75,10 @@ class PretrainedCfg(Mapping):
         """A config from a mapping (a weights file's metadata, timm's pretrained_cfg): the keys known here
         replace `base`'s (default: the defaults above); others (timm's url, license, ...) are not preprocessing."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return dataclasses.replace(base or cls(), **{k: v for k, v in values.items() if k in known})
+        given = {k: v for k, v in values.items() if k in known}
+        if "input_size" in given:  # a test size and crop belong to the size they go with, not to base's
+            given = {"test_input_size": None, "test_crop_pct": None, **given}
+        return dataclasses.replace(base or cls(), **given)
 
     def replace(self, **changes: Any) -> "PretrainedCfg":
         return dataclasses.replace(self, **changes)

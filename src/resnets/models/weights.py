@@ -25,11 +25,13 @@ from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_bytes, content_digest, written_as_safetensors, written_by_torch_save
 from ..messages import listed, one_line
 from .features import FeatureExtractor
+from .metadata_schema import check_nesting, checked_config, parse_json
 from .pretrained_cfg import PretrainedCfg
-from .resnet import ResNet, ResNetConfig
+from .resnet import ResNet
 
 WEIGHTS_FILE = "model.safetensors"  # in a `save_pretrained` folder
 RUN_WEIGHTS = ("best.safetensors", "last.safetensors")  # in a training run folder, in order of preference
+TORCH_WEIGHTS_FILE = "pytorch_model.bin"  # what timm's save_for_hf writes without safetensors
 METADATA_KEY = "resnets"  # safetensors metadata entry holding the JSON of `model_metadata`
 DIGEST_KEY = "sha256"  # safetensors metadata entry: content_digest of the tensors (catches bit flips)
 CLASSIFIER_PREFIX = "fc."
@@ -56,7 +58,8 @@ class LoadReport:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        skipped = f"; skipped {', '.join(self.skipped)} (head size differs)" if self.skipped else ""
+        skipped = f"; {', '.join(self.skipped)} left freshly initialised (the file's head differs)" if self.skipped \
+            else ""
         return f"loaded {self.path}{skipped}"
 
 
@@ -65,10 +68,11 @@ def resolve_weights(weights: str | Path) -> Path:
     model.safetensors, a file itself."""
     path = Path(weights)
     if path.is_dir():
-        for name in (WEIGHTS_FILE, *RUN_WEIGHTS):
+        for name in (WEIGHTS_FILE, *RUN_WEIGHTS, TORCH_WEIGHTS_FILE):
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"{path}: no {WEIGHTS_FILE}, {RUN_WEIGHTS[0]} or {RUN_WEIGHTS[1]} in this folder")
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE}, {RUN_WEIGHTS[0]}, {RUN_WEIGHTS[1]} or "
+                              f"{TORCH_WEIGHTS_FILE} in this folder")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file or folder")
     return path
@@ -97,10 +101,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
     if DIGEST_KEY in header and content_digest(state) != header[DIGEST_KEY]:
         raise CheckpointError(f"{path}: content does not match its checksum (the file is damaged)")
-    try:
-        metadata = json.loads(header.get(METADATA_KEY, "{}"))
-    except ValueError:
-        metadata = {}
+    metadata = parse_json(header.get(METADATA_KEY, "{}"), path, f"metadata {METADATA_KEY!r}")
     return state, metadata if isinstance(metadata, dict) else {}
 
 
@@ -160,6 +161,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], metadata: dict[
         if key not in expected or expected[key].shape != state[key].shape:
             report.skipped.append(key)
             del state[key]
+    if not any(k.startswith(CLASSIFIER_PREFIX) for k in state) and not report.skipped:  # a headless backbone's file
+        report.skipped = [k for k in expected if k.startswith(CLASSIFIER_PREFIX)]
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")
                and not (k.startswith(CLASSIFIER_PREFIX) and report.skipped)]
     unexpected = [k for k in state if k not in expected]
@@ -241,10 +244,13 @@ def build_from_metadata(meta: dict[str, Any], source: str | Path) -> ResNet:
         raise CheckpointError(f"{source}: a training checkpoint (for `resnets train --resume`), not weights with "
                               f"their architecture; use {RUN_WEIGHTS[0]} or {RUN_WEIGHTS[1]} of its run folder")
     args, arch_name = meta.get("args"), meta.get("architecture")
+    check_nesting(meta, source, "metadata")  # a torch.save file's metadata was never JSON
+    if "config" not in meta:
+        raise CheckpointError(f"{source}: architecture metadata is not a resnets config (no config)")
+    cfg = checked_config(meta["config"], source, "metadata config")
     try:
-        arch = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(meta["config"]).items()}
-        model = ResNetConfig().replace(**arch).build(arch_name=arch_name if isinstance(arch_name, str) else None,
-                                                     arch_args=args if isinstance(args, dict) else None)
+        model = cfg.build(arch_name=arch_name if isinstance(arch_name, str) else None,
+                          arch_args=args if isinstance(args, dict) else None)
     except (KeyError, TypeError, ValueError, OverflowError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"{source}: architecture metadata is not a resnets config ({one_line(e)})") from None
     _apply_metadata(model, meta, source)

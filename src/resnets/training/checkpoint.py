@@ -19,6 +19,8 @@ import torch
 from ..errors import CheckpointError
 from ..fileio import atomic_write_bytes, content_digest, written_by_torch_save
 from ..messages import one_line, warn
+from ..models.metadata_schema import check_nesting
+from .state_schema import MAX_DEPTH, as_tuple, check_resume_state
 
 CHECKPOINT_GLOB = "checkpoint-*.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")
@@ -50,16 +52,12 @@ def seed_everything(seed: int) -> None:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuple(state["python"]))
+    random.setstate(as_tuple(state["python"]))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
@@ -93,8 +91,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not REQUIRED <= set(state):
         missing = sorted(REQUIRED - set(state)) if isinstance(state, dict) else "everything"
         raise CheckpointError(f"{path}: not a resnets checkpoint (missing {missing})")
+    check_nesting(state, path, "the state", MAX_DEPTH)  # before the digest, whose walk is recursive
     if content_digest({k: v for k, v in state.items() if k != "digest"}) != state["digest"]:
         raise CheckpointError(f"{path}: content does not match its checksum (the file is damaged)")
+    check_resume_state(state, path)  # a checksum is not a schema
     return state
 
 
@@ -108,7 +108,7 @@ def newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
             return path, load_checkpoint(path)
         except CheckpointError as e:
             warn(f"{e}; trying the previous checkpoint")
-    raise CheckpointError(f"{run_dir}: every checkpoint is damaged ({len(files)} tried)")
+    raise CheckpointError(f"{run_dir}: every checkpoint is damaged or unusable ({len(files)} tried)")
 
 
 def find_checkpoint(resume: str, output: str | Path) -> tuple[Path, Path, dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..caches import COMPILE_MODES, CUDA_GRAPH_MODES
 from ..data.datasets import DATASETS
+from ..data.images import MAX_IMAGE_MB
 from ..data.transforms import AUTO_AUGMENT
 from ..device import AMP_DTYPES
 from ..errors import ConfigError
@@ -43,6 +44,9 @@ class TrainConfig:
     download: bool = option(False, "download CIFAR if it is missing", group="data")
     max_bad_fraction: float = option(0.01, "share of unreadable images allowed (skipped, listed in bad_files.csv); "
                                            "more stops the run", group="data")
+    max_image_mb: int = option(MAX_IMAGE_MB, "image files larger than N MiB, and files that are not regular files (a "
+                                             "FIFO, a device), are unreadable: skipped and listed, never read",
+                               group="data")
     model: str = option("cifar_resnet20", "architecture, a name from `resnets models`", group="model", metavar="NAME")
     pretrained: str | None = option(None, "weights to start from: alone, --model's default published set; or a set "
                                           "(resnet50.a1_in1k, or a tag), hf-hub:ORG/REPO, a URL, a weights file, "
@@ -109,6 +113,9 @@ class TrainConfig:
                               metavar="NAME")
     resume: str | None = option(None, "continue a run: auto (the newest under --output), a run folder or a "
                                       "checkpoint-*.pt", group="checkpoints", metavar="RUN")
+    resume_on_changed_data: bool = option(False, "resume even though the data differs from the checkpoint's (files "
+                                                 "added, removed or relabelled, classes renamed): the split and the "
+                                                 "labels may then differ from the run's", group="checkpoints")
     checkpoint_every: int = option(0, "also write a checkpoint every N optimizer steps (0: at each epoch's end only)",
                                    group="checkpoints")
     keep_checkpoints: int = option(2, "checkpoints kept per run (best.safetensors is kept apart, always)",
@@ -163,7 +170,7 @@ class TrainConfig:
 def _check_ranges(cfg: TrainConfig) -> None:
     """Every number within what it means; a nan fails each test below too."""
     rules = [
-        (("epochs", "batch_size", "accum_steps", "keep_checkpoints", "lr_base_batch", "decay_epochs"),
+        (("epochs", "batch_size", "accum_steps", "keep_checkpoints", "lr_base_batch", "decay_epochs", "max_image_mb"),
          lambda v: v >= 1, "must be >= 1"),
         (("workers", "patience", "checkpoint_every", "skip_nonfinite"), lambda v: v is None or v >= 0, "must be >= 0"),
         (("hflip", "random_erasing", "label_smoothing"), lambda v: v is None or 0.0 <= v <= 1.0, "must be in [0, 1]"),
@@ -182,6 +189,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
                 raise ConfigError(f"{key.replace('_', '-')} {what}, got {getattr(cfg, key)}")
     if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in cfg.decay_milestones):
         raise ConfigError(f"decay-milestones must be epoch numbers >= 1, got {cfg.decay_milestones}")
+    if cfg.pretrained is not None and not str(cfg.pretrained).strip():  # an unset shell variable, most likely
+        raise ConfigError("pretrained is empty: give weights, or leave the option out to train from scratch")
     if cfg.name is not None and (not cfg.name.strip(". ") or Path(cfg.name).name != cfg.name):
         raise ConfigError(f"name {cfg.name!r} must be a folder name, without '/'")
 

@@ -49,11 +49,15 @@ class Distributed:
 
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any of them."""
+        return bool(self.max(int(flag)))
+
+    def max(self, value: int) -> int:
+        """The largest of the ranks' `value`, on every rank."""
         if not self.enabled:
-            return flag
-        t = torch.tensor([int(flag)])
+            return value
+        t = torch.tensor([value])
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
-        return bool(t.item())
+        return int(t.item())
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """In-place sum over ranks (on the tensor's own device and backend)."""

@@ -144,25 +144,27 @@ class StepAccounting:
         return due
 
 
-def _freeze_bn_statistics(model: nn.Module) -> None:
-    for m in model.modules():
+def _train_mode(model: nn.Module, freeze_backbone: bool) -> None:
+    """Train mode; with a frozen backbone its BatchNorm statistics are frozen too (those layers stay in eval)."""
+    model.train()
+    for m in model.modules() if freeze_backbone else ():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
 
 
 def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progress: Progress,
-                    checkpoint: Callable[[], None], batches_per_epoch: int) -> dict[str, float]:
+                    checkpoint: Callable[[], None], batches_per_epoch: int,
+                    stop: Callable[[int], bool] | None = None) -> dict[str, float]:
     """Train from `progress.samples_in_epoch` to the end of `progress.epoch`; `checkpoint()` every
     `cfg.checkpoint_every` optimizer steps. `loader` yields this process's share of the rest of the epoch,
-    `batches_per_epoch` is its share of a whole epoch (the lr schedule's clock).
+    `batches_per_epoch` is its share of a whole epoch (the lr schedule's clock). `stop(cycle)`, asked after
+    each accumulation cycle but the epoch's last, ends the epoch there when it says so (the caller saves).
 
     No host sync per step: the non-finite guard skips a step on the device (`step_unless`), and each
     batch's numbers reach the host one batch late, read once the next batch's work is queued, so the GPU
     always has a step to run while the host waits. A non-finite loss skips its whole accumulation cycle."""
     ctx = step.dist
-    step.model.train()
-    if cfg.freeze_backbone:  # frozen statistics too: BN layers of a frozen backbone stay in eval mode
-        _freeze_bn_statistics(step.model)
+    _train_mode(step.model, cfg.freeze_backbone)
     # Only a run that survives a non-finite step needs its BN statistics guarded; without --skip-nonfinite
     # it stops there.
     bn_statistics = BatchNormStatistics(step.model) if cfg.skip_nonfinite else None
@@ -204,6 +206,8 @@ def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progres
         mid_epoch = cycle_end and i + 1 < remaining  # the epoch's end has a checkpoint of its own
         if cfg.checkpoint_every and mid_epoch and accounting.claim_checkpoint(cfg.checkpoint_every):
             checkpoint()
+        if mid_epoch and stop is not None and stop(progress.batch_in_epoch // cfg.accum_steps):
+            break
     accounting.read()
     _show(bar, progress, start)
     return progress.epoch_stats()

@@ -3,6 +3,8 @@ resume may change, and how the live objects return to a checkpoint's state."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,19 +12,23 @@ from typing import Any
 
 import yaml
 
+from ..data.datasets import DataSplits
 from ..errors import ConfigError, TrainingError
+from ..messages import warn
 from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, seed_everything, set_rng_state
 from .config import TrainConfig, make_config
 from .distributed import Distributed, elastic_restart_count, elastic_run_id
 from .epoch import Progress
+from .run_dir import REPORT_FILE
 from .sampling import _mix
 from .step import TrainStep
 
 # What a resumed run may change; every other option is the run's own (a changed lr or model would not be
 # the same run any more). The number of processes may change too: it is not an option.
-RESUME_OVERRIDABLE = {"epochs", "resume", "output", "device", "workers", "progress", "checkpoint_every",
-                      "keep_checkpoints", "log_tensorboard", "patience", "skip_nonfinite", "max_bad_fraction",
-                      "dist_timeout", "ddp_bucket_mb", "ddp_static_graph", "cache_dir", "compile", "compile_mode"}
+RESUME_OVERRIDABLE = {"epochs", "resume", "resume_on_changed_data", "output", "device", "workers", "progress",
+                      "checkpoint_every", "keep_checkpoints", "log_tensorboard", "patience", "skip_nonfinite",
+                      "max_bad_fraction", "max_image_mb", "dist_timeout", "ddp_bucket_mb", "ddp_static_graph",
+                      "cache_dir", "compile", "compile_mode"}
 
 
 @dataclass
@@ -34,12 +40,62 @@ class Resumed:
     state: dict[str, Any]
 
     def config(self, cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
-        """The run's own options, with the explicitly given ones a resume may change (see `resumed_config`)."""
+        """The run's own options, with the explicitly given ones a resume may change (see `resumed_config`).
+        A run whose epochs are all trained resumes only to write its final report, if that is missing (a
+        stop between the last checkpoint and the report)."""
         resumed = resumed_config(cfg, self.state, explicit)
-        if self.state["progress"]["epoch"] > resumed.epochs:
+        if self.state["progress"]["epoch"] > resumed.epochs and (self.run_dir / REPORT_FILE).exists():
             raise TrainingError(f"{self.run_dir} has already trained {self.state['progress']['epoch'] - 1} epochs; "
                                 f"raise --epochs to train on")
         return resumed
+
+    def check_data(self, splits: DataSplits, cfg: TrainConfig) -> None:
+        """The data must be the run's: a renamed class folder re-indexes the labels (a trained head row would
+        now mean another class) and a file added or removed changes the split. ConfigError saying what
+        changed, unless --resume-on-changed-data (and the head still fits)."""
+        saved = self.state.get("data") or {"classes": self.state.get("class_names")}
+        now = data_identity(splits, cfg.data_dir)
+        changes = data_changes(saved, now)
+        if not changes:
+            return
+        if saved.get("classes") is not None and len(saved["classes"]) != len(now["classes"]):
+            raise ConfigError(f"--resume {self.run_dir}: the data changed since the checkpoint ({changes}); the "
+                              f"model was trained for {len(saved['classes'])} classes, the data has "
+                              f"{len(now['classes'])}: train a new run (--pretrained {self.run_dir} starts from it)")
+        if not cfg.resume_on_changed_data:
+            raise ConfigError(f"--resume {self.run_dir}: the data changed since the checkpoint ({changes}); put it "
+                              f"back as it was, or pass --resume-on-changed-data to go on with the data as it is")
+        warn(f"resuming on changed data ({changes}), as --resume-on-changed-data asks")
+
+
+def data_identity(splits: DataSplits, data_dir: str | None) -> dict[str, Any]:
+    """What a run trains and validates on, kept in each checkpoint: the classes, the sizes of the splits, and a
+    digest of their (file relative to the data folder, label) lists (of the labels alone for data without files)."""
+    digest = hashlib.sha256()
+    for name, part, labels in (("train", splits.train, splits.train_labels), ("val", splits.val, splits.val_labels)):
+        digest.update(f"[{name}]\n".encode())
+        samples = getattr(part, "samples", None) or [("", label) for label in labels]
+        for path, label in samples:
+            rel = os.path.relpath(path, data_dir) if data_dir and path else path
+            digest.update(f"{rel}\t{label}\n".encode(errors="surrogateescape"))
+    return dict(classes=list(splits.class_names), train=len(splits.train), val=len(splits.val),
+                digest=digest.hexdigest())
+
+
+def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between two `data_identity` records, in words; "" when nothing does."""
+    changes = []
+    if saved.get("classes") is not None and list(saved["classes"]) != now["classes"]:
+        before, after = set(saved["classes"]), set(now["classes"])
+        gone, new = sorted(before - after), sorted(after - before)
+        what = [f"{label} {', '.join(map(repr, names))}" for label, names in (("gone:", gone), ("new:", new)) if names]
+        changes.append(f"classes {'; '.join(what) if what else 'in another order'}")
+    for split in ("train", "val"):
+        if split in saved and saved[split] != now[split]:
+            changes.append(f"{split} images {saved[split]:,} -> {now[split]:,}")
+    if not changes and "digest" in saved and saved["digest"] != now["digest"]:
+        changes.append("other files or labels, as many as before")
+    return "; ".join(changes)
 
 
 def locate_resume(cfg: TrainConfig, ctx: Distributed) -> Resumed | None:
@@ -76,14 +132,17 @@ def resumed_config(cfg: TrainConfig, state: dict[str, Any], explicit: set[str]) 
 
 
 def checkpoint_state(step: TrainStep, progress: Progress, history: list[dict[str, Any]], cfg: TrainConfig,
-                     class_names: list[str], rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """What a checkpoint holds: plain tensors and primitives only."""
+                     data: dict[str, Any], rng_per_rank: list[dict[str, Any]],
+                     ema_buffers_per_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a checkpoint holds: plain tensors and primitives only. `data`: the data's `data_identity`;
+    `*_per_rank`: each process's own random state and EMA buffers, in rank order."""
     return dict(model=step.model.state_dict(), optimizer=step.optimizer.state_dict(),
                 scaler=step.scaler.state_dict(), ema=step.ema.state_dict() if step.ema is not None else None,
                 epoch=progress.epoch, batch_in_epoch=progress.batch_in_epoch, global_step=progress.global_step,
                 progress=dataclasses.asdict(progress), history=history, config=cfg.to_dict(),
-                class_names=list(class_names), world_size=step.dist.world_size,
-                global_batch=step.dist.world_size * cfg.batch_size, rng=rng_per_rank[0], rng_per_rank=rng_per_rank)
+                class_names=list(data["classes"]), data=data, world_size=step.dist.world_size,
+                global_batch=step.dist.world_size * cfg.batch_size, rng=rng_per_rank[0], rng_per_rank=rng_per_rank,
+                ema_buffers_per_rank=ema_buffers_per_rank)
 
 
 def restore(step: TrainStep, state: dict[str, Any], cfg: TrainConfig) -> Progress:
@@ -96,10 +155,14 @@ def restore(step: TrainStep, state: dict[str, Any], cfg: TrainConfig) -> Progres
     step.optimizer.load_state_dict({**saved, "param_groups": [{**g, **mine} for g in saved["param_groups"]]})
     if state.get("scaler"):
         step.scaler.load_state_dict(state["scaler"])
-    if step.ema is not None and state.get("ema"):
-        step.ema.load_state_dict(state["ema"])
-    progress = Progress(**state["progress"])
     ctx = step.dist
+    if step.ema is not None and state.get("ema"):
+        step.ema.load_state_dict(state["ema"])  # rank 0's; each rank's own buffers where the ranks are the same
+        ema_buffers = state.get("ema_buffers_per_rank")
+        if ema_buffers and len(ema_buffers) == ctx.world_size:
+            for name, buffer in step.ema.module.named_buffers():
+                buffer.copy_(ema_buffers[ctx.rank][name])
+    progress = Progress(**state["progress"])
     per_rank = state.get("rng_per_rank") or [state["rng"]]
     if len(per_rank) == ctx.world_size:
         set_rng_state(per_rank[ctx.rank])

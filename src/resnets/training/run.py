@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import numpy as np
 import torch
@@ -20,18 +20,20 @@ from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encod
 from ..data.in_memory import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
 from ..data.transforms import eval_transform, image_size, train_transform
 from ..device import default_workers
-from ..errors import ConfigError
+from ..errors import ConfigError, RunStopped
 from ..hub import Pretrained, find_pretrained, load_pretrained
 from ..models import build_model, get_config
 from ..models.pretrained_cfg import PretrainedCfg
+from ..analysis.memory import check_activation_memory
 from ..models.resnet import check_img_size
 from .checkpoint import rng_state, seed_everything
 from .config import Recorded, TrainConfig
 from .distributed import Distributed, convert_sync_bn, elastic_run_id
 from .epoch import Progress
-from .resume import Resumed, checkpoint_state, locate_resume, restore
+from .resume import Resumed, checkpoint_state, data_identity, locate_resume, restore
 from .run_dir import RunDir
 from .sampling import EpochSampler, SeededItems
+from .stopping import StopRequest, ignore_ctrl_c
 from .step import TrainStep, make_train_step, wrap_step
 
 
@@ -52,26 +54,54 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     history: list[dict[str, Any]] = field(default_factory=list)
     classes_checked_at: int = 0  # how many broken files `require_every_class` last saw
+    stop: StopRequest = field(default_factory=StopRequest)
+    stop_signum: int = 0  # the signal the processes agreed to stop for
+    saved_at: tuple[int, int] | None = None  # (epoch, samples_in_epoch) of the newest checkpoint
+    data: dict[str, Any] = field(default_factory=dict)  # the data's identity, in every checkpoint (resume.py)
+
+    def stopped_early(self) -> bool:
+        """--patience epochs without a better val top-1 (a resumed run that had stopped so stays stopped)."""
+        return bool(self.cfg.patience) and self.progress.stale_epochs >= self.cfg.patience
+
+    def stop_due(self, cycle: int | None = None) -> bool:
+        """Whether to stop here for a signal; `cycle`: the accumulation cycle of the epoch (see StopRequest)."""
+        self.stop_signum = self.stop.agreed(self.ctx, cycle)
+        return bool(self.stop_signum)
+
+    def stop_here(self) -> NoReturn:
+        """Save this exact place (unless the newest checkpoint is of it), then end the run with RunStopped."""
+        progress, name = self.progress, StopRequest.name(self.stop_signum)
+        if self.saved_at != (progress.epoch, progress.samples_in_epoch):
+            self.save_checkpoint()
+        # No process leaves before rank 0 has written it: torchrun ends the others as soon as one exits
+        self.ctx.any(False)
+        self.run_dir.close()
+        where = (f"epoch {progress.epoch}, image {min(progress.samples_in_epoch, len(self.splits.train)):,}/"
+                 f"{len(self.splits.train):,} (step {progress.global_step})")
+        raise RunStopped(f"stopped by {name} at {where}, saved; go on with `resnets train --resume "
+                         f"{self.run_dir.path}`", 128 + self.stop_signum)
 
     def save_checkpoint(self) -> None:
         """A checkpoint of this exact place; every rank gives its random state, rank 0 writes."""
-        if self.step.ema is not None:
-            # The EMA averages each process's own BN statistics, and only rank 0's copy is saved: make the copies
-            # equal first, so that a resumed run carries on from what every process had.
-            self.ctx.average_buffers(self.step.ema.module)
         rngs = self.ctx.gather(rng_state())  # each process's own streams, for an exact resume at the same size
+        # The EMA averages each process's own BN statistics: each process's copy is saved, so that a resumed run
+        # carries on from what every process had (and saving changes nothing, wherever a checkpoint falls)
+        ema = self.step.ema
+        ema_buffers = self.ctx.gather({k: b.cpu() for k, b in ema.module.named_buffers()}) if ema else None
         if self.ctx.is_main:
-            state = checkpoint_state(self.step, self.progress, self.history, self.cfg, self.splits.class_names, rngs)
+            state = checkpoint_state(self.step, self.progress, self.history, self.cfg, self.data, rngs, ema_buffers)
             self.run_dir.save_checkpoint(state, keep=self.cfg.keep_checkpoints)
+        self.saved_at = (self.progress.epoch, self.progress.samples_in_epoch)
 
     def say(self, message: str) -> None:
         if self.ctx.is_main:
             print(message, file=sys.stderr)
 
 
-def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch.device) -> Run:
+def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch.device,
+              stop: StopRequest | None = None) -> Run:
     """The run `cfg` asks for: a new one, or the one a checkpoint continues (`explicit`: the options the user
-    gave, which a resume applies where it may)."""
+    gave, which a resume applies where it may). `stop`: the signals' handler the run answers to."""
     resumed = locate_resume(cfg, ctx)
     if resumed is not None:
         cfg = resumed.config(cfg, explicit)
@@ -82,6 +112,8 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
     pretrained = fetch_pretrained(cfg, ctx) if cfg.pretrained and resumed is None else None
     pretrained_cfg = training_pretrained_cfg(cfg, pretrained)
     splits = build_data(cfg, pretrained_cfg)
+    if resumed is not None:
+        resumed.check_data(splits, cfg)
     model = build_training_model(cfg, splits, pretrained_cfg, ctx, device, channels_last, pretrained)
     bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction,
                          **({} if ctx.is_main else {"warn": lambda message: None}))  # rank 0 reports the united list
@@ -91,21 +123,34 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
     progress, history = Progress(), []
     if resumed is not None:
         progress, history = restore(step, resumed.state, cfg), list(resumed.state["history"])
-        run_dir = RunDir(resumed.run_dir)
+    run_dir = open_run_dir(cfg, ctx, resumed)
+    try:
+        step = wrap_step(step, cfg, device)  # after restoring: DDP starts every process from rank 0's weights
+        run = Run(cfg=cfg, ctx=ctx, splits=splits, step=step, train_loader=train_loader, val_loader=val_loader,
+                  sampler=sampler, bad_files=bad_files, run_dir=run_dir, batches_per_epoch=len(train_loader),
+                  progress=progress, history=history, stop=stop or StopRequest(),
+                  data=data_identity(splits, cfg.data_dir),
+                  saved_at=(progress.epoch, progress.samples_in_epoch) if resumed is not None else None)
         if ctx.is_main:
-            run_dir.tidy_for_resume(resumed.file)
+            _start_run_dir(run, device, amp, channels_last, pretrained_cfg)
+    except BaseException:
+        run_dir.release()
+        raise
+    if resumed is not None:
         _say_resumed(resumed, progress, splits, ctx)
-    else:
-        run_dir = RunDir(ctx.on_main(lambda: RunDir.create(cfg.output, cfg.name, cfg.model).path))
-    step = wrap_step(step, cfg, device)  # after restoring: DDP starts every process from rank 0's weights
-    run = Run(cfg=cfg, ctx=ctx, splits=splits, step=step, train_loader=train_loader, val_loader=val_loader,
-              sampler=sampler, bad_files=bad_files, run_dir=run_dir, batches_per_epoch=len(train_loader),
-              progress=progress, history=history)
-    if ctx.is_main:
-        _start_run_dir(run, device, amp, channels_last, pretrained_cfg)
     run.say(f"{splits.description}; model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) "
             f"on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}, amp {amp}")
     return run
+
+
+def open_run_dir(cfg: TrainConfig, ctx: Distributed, resumed: Resumed | None) -> RunDir:
+    """The run folder, locked by rank 0 (the one writer): a new one, or the resumed run's, tidied."""
+    if resumed is not None:
+        run_dir = RunDir(resumed.run_dir)
+        ctx.on_main(lambda: run_dir.acquire().tidy_for_resume(resumed.file))  # the lock's error reaches every rank
+        return run_dir
+    made = ctx.on_main(lambda: RunDir.create(cfg.output, cfg.name, cfg.model), share=lambda made: made.path)
+    return made if ctx.is_main else RunDir(made)
 
 
 def _say_resumed(resumed: Resumed, progress: Progress, splits: DataSplits, ctx: Distributed) -> None:
@@ -156,7 +201,7 @@ def build_data(cfg: TrainConfig, pretrained_cfg: PretrainedCfg) -> DataSplits:
     splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
                          train_transform=train, eval_transform=eval_transform(pretrained_cfg, cfg.img_size,
                                                                               normalize=False),
-                         download=cfg.download)
+                         download=cfg.download, max_image_mb=cfg.max_image_mb)
     if cfg.num_classes is not None and cfg.num_classes != len(splits.class_names):
         raise ConfigError(f"--num-classes {cfg.num_classes} but the data has {len(splits.class_names)} classes")
     return splits
@@ -185,6 +230,8 @@ def build_training_model(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: P
     weights), the run's own preprocessing and classes, --freeze-backbone, --sync-bn."""
     model = build_model(cfg.model, num_classes=len(splits.class_names), drop_path_rate=cfg.drop_path_rate)
     check_img_size(model, pretrained_cfg.input_size[-1])
+    check_activation_memory(model, pretrained_cfg.input_size[-1], cfg.batch_size, device, training=True,
+                            element_bytes=2 if device.type == "cuda" else 4)  # bf16 autocast on a GPU
     if pretrained is not None:
         start_from(model, cfg, pretrained, list(splits.class_names))
     # After loading: the weights' own preprocessing and classes must not replace this run's.
@@ -233,14 +280,15 @@ def make_loaders(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: Pretraine
     drop_last = len(sampler) > cfg.batch_size
     # An own generator: iterator creation must not draw from the global RNG, which a resumed run restores.
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-                  generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping)
+                  generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping,
+                  worker_init_fn=ignore_ctrl_c)
     augment = DeviceAugment(pretrained_cfg, image_size(pretrained_cfg, cfg.img_size), cfg.hflip)
     train_loader: Iterable
     if store is not None:
         train_loader = DeviceLoader(store, sampler, cfg.batch_size, augment, drop_last, bad_files)
     elif cfg.decode_on_device:
-        files = DataLoader(EncodedFiles(splits.train.samples), batch_size=cfg.batch_size, sampler=sampler,
-                           drop_last=drop_last, **{**common, "collate_fn": collate_encoded})
+        files = DataLoader(EncodedFiles(splits.train.samples, splits.train.max_bytes), batch_size=cfg.batch_size,
+                           sampler=sampler, drop_last=drop_last, **{**common, "collate_fn": collate_encoded})
         train_loader = DeviceDecodeLoader(files, sampler, augment, device, bad_files)
     else:
         train_loader = SkipUnreadable(DataLoader(SeededItems(splits.train, cfg.seed), batch_size=cfg.batch_size,

@@ -8,12 +8,12 @@
     checkpoint-E-S.pt      what --resume continues from (the newest --keep-checkpoints)
     bad_files.csv          unreadable images, with the reason
     metrics.json, per_class.csv, confusion_matrix.csv/.png   the final report of the best weights
+    .lock                  held by the process writing into the folder (its pid inside)
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -24,9 +24,9 @@ import yaml
 from torch import nn
 
 from ..data.bad_files import BAD_FILES_CSV
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..evaluation import EvalResult
-from ..fileio import atomic_copy, atomic_write_json, atomic_write_text
+from ..fileio import atomic_copy, atomic_write_csv, atomic_write_json, atomic_write_text
 from ..models.weights import RUN_WEIGHTS, save_weights
 from ..reports import write_class_reports
 from .checkpoint import abandon_newer_checkpoints, remove_stray_temp_files, save_checkpoint
@@ -37,14 +37,61 @@ SUMMARY_FIELDS = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss",
                   "seconds"]
 TENSORBOARD_SCALARS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr")
 BEST, LAST = RUN_WEIGHTS
+LOCK_FILE = ".lock"
+REPORT_FILE = "metrics.json"  # written last: a run folder that has it is finished
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks of this kind; runs there go unlocked
+    fcntl = None  # type: ignore[assignment]
 
 
 class RunDir:
-    """A run folder and its writers. `tensorboard` is set by `open_tensorboard`."""
+    """A run folder and its writers. `tensorboard` is set by `open_tensorboard`; the writing process holds
+    the folder's lock (`acquire`) from its start until `release`."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.tensorboard: Any = None
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> "RunDir":
+        """Take the folder's advisory lock, or ConfigError naming the process that holds it: two runs writing
+        into one folder would replace each other's results and checkpoints. The OS releases the lock when its
+        process ends, however it ends, so a dead run's .lock file is simply taken over."""
+        if fcntl is None or self._lock_fd is not None:
+            return self
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"{self.path} is in use: another run (pid {holder}) is writing into it; wait for it "
+                              f"to end or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        return self
+
+    def release(self) -> None:
+        self.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor is what lets go of the lock
+            self._lock_fd = None
+
+    def check_present(self) -> None:
+        """Before each write: the folder is still the one this run locked. Deleted (or moved) mid-run, it
+        would be re-created without config.yaml and earlier epochs, a folder that looks like a run but is not."""
+        if self._lock_fd is None:
+            return
+        try:
+            present = os.stat(self.path / LOCK_FILE).st_ino == os.fstat(self._lock_fd).st_ino
+        except OSError:
+            present = False
+        if not present:
+            raise TrainingError(f"the run folder {self.path} was deleted or moved while this run was writing into "
+                                f"it; stopping rather than writing a run folder without its earlier files")
 
     @classmethod
     def create(cls, output: str | Path, name: str | None, model_name: str) -> "RunDir":
@@ -56,7 +103,7 @@ class RunDir:
         while True:  # mkdir is the test: two runs started in the same second each get their own folder
             try:
                 path.mkdir()
-                return cls(path)
+                return cls(path).acquire()
             except FileExistsError:
                 path, k = base / f"{name}-{k}", k + 1
 
@@ -90,21 +137,20 @@ class RunDir:
 
     def save_weights(self, model: nn.Module, best: bool) -> None:
         """last.safetensors, and a copy as best.safetensors when this epoch is the best so far."""
+        self.check_present()
         last = save_weights(model, self.path / LAST)
         if best:
             atomic_copy(last, self.path / BEST)
 
     def save_checkpoint(self, state: dict[str, Any], keep: int) -> Path:
+        self.check_present()
         return save_checkpoint(self.path, state, keep)
 
     def write_epoch(self, history: list[dict[str, Any]], title: str) -> None:
         """summary.csv and curves.png of every epoch so far; the newest epoch's scalars to TensorBoard."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        atomic_write_text(self.path / "summary.csv", buf.getvalue())
+        self.check_present()
+        table = [SUMMARY_FIELDS, *([row.get(k, "") for k in SUMMARY_FIELDS] for row in history)]
+        atomic_write_csv(self.path / "summary.csv", table, float_format=".6g")
         plot_curves(history, self.path / "curves.png", title=title)
         if self.tensorboard is not None:
             row = history[-1]
@@ -119,7 +165,8 @@ class RunDir:
     def write_report(self, metrics: dict[str, Any], result: EvalResult, class_names: list[str]) -> dict[str, Any]:
         """The final report of the best weights: per-class CSV, confusion matrix, then metrics.json (last: its
         presence means the run finished). Returns the metrics with the per-class rows."""
+        self.check_present()
         rows, _ = write_class_reports(result.targets.tolist(), result.predictions.tolist(), class_names, self.path)
         metrics = {**metrics, "per_class": rows}
-        atomic_write_json(self.path / "metrics.json", metrics)
+        atomic_write_json(self.path / REPORT_FILE, metrics)
         return metrics

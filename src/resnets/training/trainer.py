@@ -23,6 +23,7 @@ from .distributed import init_distributed
 from .epoch import train_one_epoch
 from .run import Run, build_run
 from .run_dir import BEST
+from .stopping import StopRequest
 
 
 @dataclass
@@ -51,7 +52,12 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
     cfg = (dataclasses.replace(cfg, **overrides) if cfg else make_config(overrides)).resolved()
     check_writable(cfg.output, "--output", folder=True)  # now, not after loading the data and the model
     ctx, device = init_distributed(cfg.device, cfg.dist_timeout)
-    result = fit(build_run(cfg, explicit, ctx, device))
+    with StopRequest().installed() as stop:
+        run = build_run(cfg, explicit, ctx, device, stop)
+        try:
+            result = fit(run)
+        finally:
+            run.run_dir.release()
     # Only on success: after an error a peer may still sit in a collective, and the process exit (which
     # torchrun turns into ending the whole job) is the way out.
     ctx.close()
@@ -61,10 +67,16 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> RunResult:
 def fit(run: Run) -> RunResult:
     """Train epochs until the last one (or early stopping), then report on the best weights."""
     cfg, progress = run.cfg, run.progress
-    while progress.epoch <= cfg.epochs:
+    run.stop.armed = True  # from here on a signal saves the run where it is
+    while progress.epoch <= cfg.epochs and not run.stopped_early():
+        if run.stop_due():  # a signal during the build, a validation or the last step of an epoch
+            run.stop_here()
         epoch = progress.epoch
         run.sampler.set_epoch(epoch, start=progress.samples_in_epoch)
-        stats = train_one_epoch(run.step, run.train_loader, cfg, progress, run.save_checkpoint, run.batches_per_epoch)
+        stats = train_one_epoch(run.step, run.train_loader, cfg, progress, run.save_checkpoint, run.batches_per_epoch,
+                                stop=run.stop_due)
+        if run.stop_signum:
+            run.stop_here()
         t_eval = time.perf_counter()
         val = validate(run)
         row = dict(epoch=epoch, **stats, val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
@@ -73,9 +85,8 @@ def fit(run: Run) -> RunResult:
         run.say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} top1 {row['train_top1']:6.2f}  "
                 f"val loss {val.loss:.4f} top1 {val.top1:6.2f} top5 {val.top5:6.2f}  lr {row['lr']:.2e}  "
                 f"{row['images_per_second']:,.0f} img/s  {row['seconds']:.1f}s{'  *' if improved else ''}")
-        if cfg.patience and progress.stale_epochs >= cfg.patience:
+        if run.stopped_early():
             run.say(f"early stop: no better val top-1 for {progress.stale_epochs} epochs")
-            break
     run.run_dir.close()
     return finish(run)
 

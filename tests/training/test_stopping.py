@@ -1,0 +1,109 @@
+"""Stopping on SIGTERM / SIGINT without losing the run: the step finishes, a resume state is written at that exact
+place, one line says so, the exit code is the shell's for the signal; the resumed run ends bit-identical to one
+never stopped. A second signal stops at once. (Two processes under torchrun: test_distributed.py.)"""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnets.errors import RunStopped
+from resnets.training.checkpoint import list_checkpoints
+from resnets.training.stopping import StopRequest
+
+HELPER = Path(__file__).resolve().parents[1] / "helpers" / "crashing_train.py"
+SMALL = ["--img-size", "16", "-b", "32", "--epochs", "2", "--no-progress"]  # digits: 44 steps an epoch
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def train(args: list, env: dict | None = None, script: Path | None = None) -> subprocess.CompletedProcess:
+    """`resnets train` in its own session (a signal to its process group reaches nothing of pytest's)."""
+    target = [str(script)] if script else ["-m", "resnets"]
+    return subprocess.run([sys.executable, *target, "train", *map(str, args)], env={**os.environ, **ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=600, start_new_session=True)
+
+
+def signalled(name: str, after: int, epoch: int = 1, **extra: str) -> dict:
+    """The helper's environment: send signal `name` when batch `after` of `epoch` is about to be trained."""
+    return {"CRASH_RANK": "0", "CRASH_EPOCH": str(epoch), "CRASH_AFTER": str(after), "CRASH_MODE": name, **extra}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_file(str(a)), load_file(str(b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """A run never stopped: what every stopped-and-resumed run must end as."""
+    output = tmp_path_factory.mktemp("straight")
+    done = train([*SMALL, "--output", output, "--name", "run"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return output / "run"
+
+
+@pytest.mark.parametrize("name,workers,target", [("SIGTERM", 0, "self"), ("SIGINT", 2, "group")])
+def test_a_signal_mid_epoch_saves_that_step_and_the_resume_ends_as_if_never_stopped(tmp_path, straight, name, workers,
+                                                                                   target):
+    # SIGINT to the whole group is Ctrl-C in a terminal: the DataLoader workers get it too and must keep serving
+    stopped = train([*SMALL, "-j", workers, "--output", tmp_path, "--name", "run"],
+                    signalled(name, after=9, CRASH_TARGET=target), script=HELPER)
+    code = 128 + signal.Signals[name]
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last == (f"resnets train: stopped by {name} at epoch 1, image 320/1,438 (step 10), saved; go on with "
+                    f"`resnets train --resume {tmp_path / 'run'}`")
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-0001-000000010.pt"]
+    assert "Traceback" not in stopped.stderr and not (tmp_path / "run" / "metrics.json").exists()
+    resumed = train(["--resume", tmp_path / "run", "-j", workers, "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "epoch 1, image 320/1,438, step 10" in resumed.stderr
+    for weights in ("last.safetensors", "best.safetensors"):
+        assert same_weights(tmp_path / "run" / weights, straight / weights), weights
+    assert epochs_of(tmp_path / "run") == epochs_of(straight)
+
+
+def epochs_of(run_dir: Path) -> list[dict[str, str]]:
+    """summary.csv's rows but for the wall time, which no two runs share."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run_dir / "summary.csv").open())]
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    stopped = train([*SMALL, "--output", tmp_path, "--name", "run"], signalled("SIGTERM", after=9, CRASH_SIGNALS="2"),
+                    script=HELPER)
+    assert stopped.returncode == -signal.SIGTERM  # ended by the signal itself, as if nothing had caught it
+    assert list_checkpoints(tmp_path / "run") == []  # no step finished after it, nothing saved
+
+
+def test_a_signal_at_an_epochs_last_step_stops_after_its_checkpoint(tmp_path):
+    stopped = train([*SMALL, "--output", tmp_path, "--name", "run"], signalled("SIGTERM", after=43), script=HELPER)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "epoch   1/2" in stopped.stderr  # the epoch was validated and reported first
+    assert "stopped by SIGTERM at epoch 2, image 0/1,438 (step 44)" in stopped.stderr
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-0002-000000044.pt"]
+
+
+def test_before_training_begins_a_signal_stops_at_once_with_its_line():
+    stop = StopRequest()
+    with stop.installed(), pytest.raises(RunStopped, match="stopped by SIGTERM before training began") as info:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert info.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
+
+
+def test_an_armed_request_only_notes_the_first_signal():
+    stop = StopRequest()
+    with stop.installed():
+        stop.armed = True
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # the second: at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
