@@ -38,3 +38,20 @@ def test_training_from_an_architectures_default_set(published, tmp_path, monkeyp
     moved = (last.conv1.weight - published.state["conv1.weight"]).abs().mean()
     assert moved < 0.5 * published.state["conv1.weight"].abs().mean()
     assert not torch.equal(last.conv1.weight, published.state["conv1.weight"])
+
+
+def test_training_from_a_hub_model_folder_uses_its_preprocessing(hub, tmp_path):
+    model = resnets.create_model("resnet18", num_classes=2)
+    model.pretrained_cfg = model.pretrained_cfg.replace(mean=(0.25, 0.5, 0.75), std=(0.2, 0.3, 0.4))
+    folder = resnets.save_pretrained(model, tmp_path / "folder", ["cat", "dog"])
+    for name in ("config.json", "model.safetensors"):
+        hub.publish("me/pets", name, (folder / name).read_bytes())
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    result = resnets.train(data_dir=str(tmp_path / "data"), model="resnet18", pretrained="hf-hub:me/pets", img_size=32,
+                           epochs=1, batch_size=4, workers=0, output=str(tmp_path / "runs"), progress=False)
+    trained = resnets.load_model(result.run_dir)
+    assert trained.pretrained_cfg.mean == (0.25, 0.5, 0.75) and trained.pretrained_cfg.std == (0.2, 0.3, 0.4)

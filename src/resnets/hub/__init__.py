@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,31 @@ class Pretrained:
 
     path: Path
     weight_set: WeightSet | None = None
+    _read: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.weight_set.name if self.weight_set else str(self.path)
+
+    def read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and metadata of the file, read and verified once however often they are asked for."""
+        if self._read is None:
+            self._read = read_state_dict(self.path)
+        return self._read
+
+    def preprocessing(self) -> PretrainedCfg | None:
+        """What the weights were trained with: a published set's, a model folder's config.json (timm's, a Hub
+        repo's), or a resnets file's own metadata; None when nothing says."""
+        if self.weight_set is not None:
+            return self.weight_set.pretrained_cfg
+        config = self.path.parent / CONFIG_FILE
+        if config.is_file() and self.path.name in (WEIGHTS_FILE, TORCH_WEIGHTS_FILE):
+            return pretrained_cfg_from_timm(_read_json(config), PretrainedCfg(), str(config))
+        saved = self.read()[1].get("pretrained_cfg")
+        try:
+            return PretrainedCfg.from_dict(saved) if isinstance(saved, dict) else None
+        except (TypeError, ValueError, ConfigError):  # not usable: loading the weights says so
+            return None
 
 
 def find_pretrained(spec: str | bool, architecture: str | None = None) -> Pretrained:
@@ -61,7 +82,13 @@ def find_pretrained(spec: str | bool, architecture: str | None = None) -> Pretra
         raise ConfigError(f"pretrained={spec!r} is not weights: give True, a name, a URL or a path")
     if spec.startswith(HUB_PREFIX) or spec.startswith(("http://", "https://")):
         published = next((w for w in catalog().values() if w.source == spec), None)  # with its preprocessing
-        return _published(published) if published else Pretrained(fetch(spec))
+        if published:
+            return _published(published)
+        found = Pretrained(fetch(spec))
+        if spec.startswith(HUB_PREFIX):  # a model folder's config.json says how its weights were trained
+            repo, _, revision = spec[len(HUB_PREFIX):].partition("@")
+            fetch_hub_file(repo, (CONFIG_FILE,), revision or None, spec, optional=True)
+        return found
     path_like = os.sep in spec or spec.startswith(".") or Path(spec).suffix.lower() in WEIGHT_SUFFIXES
     if path_like and Path(spec).exists():
         return Pretrained(resolve_weights(spec))
@@ -86,7 +113,8 @@ def _published(weight_set: WeightSet) -> Pretrained:
 def load_pretrained(model: nn.Module, pretrained: Pretrained) -> LoadReport:
     """Load found weights into `model`: a published set brings its preprocessing and, for ImageNet-1k, the
     class names; weights for 3-channel input are adapted to the model's first conv (timm's rule)."""
-    state, metadata = read_state_dict(pretrained.path)
+    state, metadata = pretrained.read()
+    state = dict(state)  # adapted below: the cached read stays as the file has it
     if adapt_input_conv(model, state):
         metadata = _with_channels(metadata, model)
     if pretrained.weight_set is not None:

@@ -215,12 +215,13 @@ def fetch_pretrained(cfg: TrainConfig, ctx: Distributed) -> Pretrained:
 
 
 def training_pretrained_cfg(cfg: TrainConfig, pretrained: Pretrained | None) -> PretrainedCfg:
-    """The run's preprocessing: the architecture's at --img-size, normalised as a published weight set it starts
-    from was trained (its mean, std and interpolation: what its first layers expect)."""
+    """The run's preprocessing: the architecture's at --img-size, normalised as the weights it starts from were
+    trained (their mean, std and interpolation: what their first layers expect), where they say."""
     run_cfg = get_config(cfg.model).default_pretrained_cfg().with_img_size(cfg.img_size)
-    if pretrained is None or pretrained.weight_set is None:
+    source = pretrained.preprocessing() if pretrained is not None else None
+    if source is None:
         return run_cfg
-    source = pretrained.weight_set.pretrained_cfg.with_channels(run_cfg.input_size[0])
+    source = source.with_channels(run_cfg.input_size[0])
     return run_cfg.replace(mean=source.mean, std=source.std, interpolation=source.interpolation)
 
 
