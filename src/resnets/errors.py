@@ -59,8 +59,8 @@ class DownloadError(ResnetsError):
 
 class RunStopped(Exception):
     """A run stopped on request (SIGTERM, SIGINT) after saving where it was; not a mistake, so no ResnetsError.
-    `exit_code` is the shell's for the signal (128 + its number: 130, 143); `resume` is what to run next."""
+    `exit_code` is the shell's for the signal (128 + its number: 130, 143)."""
 
-    def __init__(self, message: str, exit_code: int, checkpoint: Path | None = None) -> None:
+    def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code, self.checkpoint = exit_code, checkpoint
+        self.exit_code = exit_code

@@ -110,6 +110,18 @@ def test_training_skips_and_lists_special_and_oversized_files(tmp_path, pipeline
     assert result.metrics["unreadable_files"] == 3
 
 
+def test_a_csv_dataset_listing_special_files_skips_and_lists_them(tmp_path):
+    data = image_folder(tmp_path / "data")
+    expected = add_special_files(data / "a")
+    rows = [(str(p), p.parent.name) for p in sorted(data.rglob("*.jpg"))]
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file", "label"), *rows])
+    result = resnets.train(data_dir=str(tmp_path / "list.csv"), model="cifar_resnet20", img_size=16, epochs=1,
+                           batch_size=32, workers=0, max_image_mb=1, max_bad_fraction=0.2,
+                           output=str(tmp_path / "runs"), progress=False)
+    assert_reasons(listed(result.run_dir / "bad_files.csv"), expected)
+
+
 @pytest.fixture
 def weights(tmp_path) -> Path:
     from resnets import create_model

@@ -4,8 +4,7 @@
 In the first attempt only (TORCHELASTIC_RESTART_COUNT=0), rank CRASH_RANK fails after CRASH_AFTER batches
 of epoch CRASH_EPOCH: with an exception (CRASH_MODE=raise) or as if the kernel killed it (CRASH_MODE=kill); or
 it is sent a signal there, as a scheduler would send it: CRASH_MODE=SIGTERM or SIGINT to the process itself,
-twice with CRASH_SIGNALS=2; with CRASH_TARGET=group to its whole process group (DataLoader workers too, as
-Ctrl-C in a terminal does).
+then CRASH_THEN (another signal) at once; with CRASH_TARGET=group to its whole process group.
 """
 from __future__ import annotations
 
@@ -33,11 +32,11 @@ class CrashAfter:
             if i == self.batches:
                 mode = os.environ.get("CRASH_MODE")
                 if mode in ("SIGTERM", "SIGINT"):
-                    for _ in range(int(os.environ.get("CRASH_SIGNALS", "1"))):
+                    for name in (mode, *filter(None, [os.environ.get("CRASH_THEN")])):
                         if os.environ.get("CRASH_TARGET") == "group":
-                            os.killpg(os.getpgrp(), signal.Signals[mode])
+                            os.killpg(os.getpgrp(), signal.Signals[name])
                         else:
-                            os.kill(os.getpid(), signal.Signals[mode])
+                            os.kill(os.getpid(), signal.Signals[name])
                 else:
                     print(f"injected crash on rank {os.environ.get('RANK', '0')}", file=sys.stderr, flush=True)
                     if mode == "kill":

@@ -239,7 +239,7 @@ def test_a_url_without_a_hash_is_checked_at_every_use_against_its_own_sha256(pub
     data = bytearray(cached.read_bytes())
     data[len(data) // 2] ^= 0xFF
     cached.write_bytes(bytes(data))
-    with pytest.raises(DownloadError, match="damaged .its sha256 is not the one it had when downloaded.; it is removed"):
+    with pytest.raises(DownloadError, match="damaged .its sha256 is not the one it had when downloaded.; it is remov"):
         resnets.create_model("resnet18", pretrained=url)
     assert not cached.exists()
     assert _equal(resnets.create_model("resnet18", pretrained=url), published.state)

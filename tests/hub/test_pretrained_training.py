@@ -50,7 +50,8 @@ def test_training_from_a_hub_model_folder_uses_its_preprocessing(hub, tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / "data" / cls).mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
     result = resnets.train(data_dir=str(tmp_path / "data"), model="resnet18", pretrained="hf-hub:me/pets", img_size=32,
                            epochs=1, batch_size=4, workers=0, output=str(tmp_path / "runs"), progress=False)
     trained = resnets.load_model(result.run_dir)

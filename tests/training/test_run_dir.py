@@ -127,3 +127,20 @@ def test_a_finished_run_whose_report_was_not_written_resumes_to_write_it(one_epo
     assert {name: (run / name).read_text() for name in report} == report
     with pytest.raises(TrainingError, match="raise --epochs"):  # finished and reported: nothing left to do
         resnets.train(resume=str(run), progress=False)
+
+
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    # DataLoader workers are forked while the run holds its lock; flock's lock belongs to the open file, which a
+    # fork shares, so a worker still alive after the run let go would keep the folder locked.
+    run_dir = run_dir_module.RunDir(tmp_path).acquire()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        import time
+        time.sleep(3)
+        os._exit(0)
+    try:
+        run_dir.release()
+        run_dir_module.RunDir(tmp_path).acquire().release()  # free while the child lives on
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,14 +73,36 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_resume_ends_as_if_never_stop
 
 def epochs_of(run_dir: Path) -> list[dict[str, str]]:
     """summary.csv's rows but for the wall time, which no two runs share."""
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run_dir / "summary.csv").open())]
+    rows = csv.DictReader((run_dir / "summary.csv").open())
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
-    stopped = train([*SMALL, "--output", tmp_path, "--name", "run"], signalled("SIGTERM", after=9, CRASH_SIGNALS="2"),
-                    script=HELPER)
-    assert stopped.returncode == -signal.SIGTERM  # ended by the signal itself, as if nothing had caught it
+    # Ctrl-C, then SIGTERM: the second ends the process by the signal itself, as if nothing had caught either
+    stopped = train([*SMALL, "--output", tmp_path, "--name", "run"],
+                    signalled("SIGINT", after=9, CRASH_THEN="SIGTERM"), script=HELPER)
+    assert stopped.returncode == -signal.SIGTERM and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
     assert list_checkpoints(tmp_path / "run") == []  # no step finished after it, nothing saved
+
+
+def test_a_signal_to_the_group_from_outside_leaves_the_loader_workers_serving(tmp_path):
+    # As torchrun's shutdown and `kill -- -PGID` do: the whole group, sent by another process. With 4 batches an
+    # accumulation cycle the stop needs batches after the signal, which workers killed by it could not give.
+    proc = subprocess.Popen([sys.executable, "-m", "resnets", "train", *SMALL, "-j", "2", "--accum-steps", "4",
+                             "--checkpoint-every", "1", "--output", str(tmp_path), "--name", "run"],
+                            env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list_checkpoints(tmp_path / "run") and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # the first checkpoint: training is under way
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM at epoch" in err and "Traceback" not in err
 
 
 def test_a_signal_at_an_epochs_last_step_stops_after_its_checkpoint(tmp_path):

@@ -281,7 +281,8 @@ def _read_csv(csv_path: Path) -> list[tuple[str, str]]:
 def _csv_splits(data_dir: Path, val_fraction: float, seed: int, train_transform: Transform,
                 eval_transform: Transform, download: bool, max_bytes: int) -> DataSplits:
     rows = _read_csv(data_dir)
-    not_found = [file for file, _ in rows if not Path(file).is_file()]
+    # exists, not is_file: a FIFO or a device listed is skipped and listed with its reason, like a broken image
+    not_found = [file for file, _ in rows if not Path(file).exists()]
     if not_found:
         raise DataError(f"{data_dir}: {counted(len(not_found), 'listed file')} not found: {listed(not_found)}")
     not_images = [file for file, _ in rows if not is_image_file(Path(file))]

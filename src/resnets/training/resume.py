@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..data.datasets import DataSplits
-from ..errors import ConfigError, TrainingError
-from ..messages import warn
+from ..errors import CheckpointError, ConfigError, TrainingError
+from ..messages import one_line, warn
 from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, seed_everything, set_rng_state
 from .config import TrainConfig, make_config
 from .distributed import Distributed, elastic_restart_count, elastic_run_id
@@ -49,12 +50,20 @@ class Resumed:
                                 f"raise --epochs to train on")
         return resumed
 
-    def check_data(self, splits: DataSplits, cfg: TrainConfig) -> None:
-        """The data must be the run's: a renamed class folder re-indexes the labels (a trained head row would
-        now mean another class) and a file added or removed changes the split. ConfigError saying what
-        changed, unless --resume-on-changed-data (and the head still fits)."""
+    def restore(self, step: TrainStep, cfg: TrainConfig) -> tuple[Progress, list[dict[str, Any]]]:
+        """`restore` this state into `step`: the progress and history to go on from. What state_schema could not
+        foresee (an optimizer's own keys) is still one error naming the file, never a traceback."""
+        try:
+            return restore(step, self.state, cfg), list(self.state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{self.file}: not a usable resume state for this run "
+                                  f"({type(e).__name__}: {one_line(e)})") from None
+
+    def check_data(self, now: dict[str, Any], cfg: TrainConfig) -> None:
+        """The data must be the run's (`now`: its `data_identity`): a renamed class folder re-indexes the labels (a
+        trained head row would now mean another class) and a file added or removed changes the split.
+        ConfigError saying what changed, unless --resume-on-changed-data (and the head still fits)."""
         saved = self.state.get("data") or {"classes": self.state.get("class_names")}
-        now = data_identity(splits, cfg.data_dir)
         changes = data_changes(saved, now)
         if not changes:
             return
@@ -72,11 +81,15 @@ def data_identity(splits: DataSplits, data_dir: str | None) -> dict[str, Any]:
     """What a run trains and validates on, kept in each checkpoint: the classes, the sizes of the splits, and a
     digest of their (file relative to the data folder, label) lists (of the labels alone for data without files)."""
     digest = hashlib.sha256()
+    # Paths relative to the data folder, so that a folder moved (and --data-dir with it) is the same data; a
+    # prefix cut, since os.path.relpath costs ~8 s per million files
+    prefix = os.path.join(os.path.abspath(data_dir), "") if data_dir else ""
     for name, part, labels in (("train", splits.train, splits.train_labels), ("val", splits.val, splits.val_labels)):
         digest.update(f"[{name}]\n".encode())
         samples = getattr(part, "samples", None) or [("", label) for label in labels]
         for path, label in samples:
-            rel = os.path.relpath(path, data_dir) if data_dir and path else path
+            path = os.path.abspath(path) if prefix and not os.path.isabs(path) else path
+            rel = path[len(prefix):] if prefix and path.startswith(prefix) else path
             digest.update(f"{rel}\t{label}\n".encode(errors="surrogateescape"))
     return dict(classes=list(splits.class_names), train=len(splits.train), val=len(splits.val),
                 digest=digest.hexdigest())
@@ -161,7 +174,11 @@ def restore(step: TrainStep, state: dict[str, Any], cfg: TrainConfig) -> Progres
         ema_buffers = state.get("ema_buffers_per_rank")
         if ema_buffers and len(ema_buffers) == ctx.world_size:
             for name, buffer in step.ema.module.named_buffers():
-                buffer.copy_(ema_buffers[ctx.rank][name])
+                saved = ema_buffers[ctx.rank][name]
+                if not torch.is_tensor(saved) or saved.shape != buffer.shape:  # copy_ would broadcast a wrong one
+                    raise ValueError(f"ema_buffers_per_rank[{ctx.rank}][{name!r}] is not a tensor of "
+                                     f"{tuple(buffer.shape)}")
+                buffer.copy_(saved)
     progress = Progress(**state["progress"])
     per_rank = state.get("rng_per_rank") or [state["rng"]]
     if len(per_rank) == ctx.world_size:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..analysis.memory import check_activation_memory
 from ..data.bad_files import BadFiles, SkipUnreadable, Unreadable, collate_skipping
 from ..data.datasets import DataSplits, class_difference, load_splits
 from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
@@ -24,16 +25,15 @@ from ..errors import ConfigError, RunStopped
 from ..hub import Pretrained, find_pretrained, load_pretrained
 from ..models import build_model, get_config
 from ..models.pretrained_cfg import PretrainedCfg
-from ..analysis.memory import check_activation_memory
 from ..models.resnet import check_img_size
 from .checkpoint import rng_state, seed_everything
 from .config import Recorded, TrainConfig
 from .distributed import Distributed, convert_sync_bn, elastic_run_id
 from .epoch import Progress
-from .resume import Resumed, checkpoint_state, data_identity, locate_resume, restore
+from .resume import Resumed, checkpoint_state, data_identity, locate_resume
 from .run_dir import RunDir
 from .sampling import EpochSampler, SeededItems
-from .stopping import StopRequest, ignore_ctrl_c
+from .stopping import StopRequest, own_process_group
 from .step import TrainStep, make_train_step, wrap_step
 
 
@@ -112,8 +112,9 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
     pretrained = fetch_pretrained(cfg, ctx) if cfg.pretrained and resumed is None else None
     pretrained_cfg = training_pretrained_cfg(cfg, pretrained)
     splits = build_data(cfg, pretrained_cfg)
+    data = data_identity(splits, cfg.data_dir)
     if resumed is not None:
-        resumed.check_data(splits, cfg)
+        resumed.check_data(data, cfg)
     model = build_training_model(cfg, splits, pretrained_cfg, ctx, device, channels_last, pretrained)
     bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction,
                          **({} if ctx.is_main else {"warn": lambda message: None}))  # rank 0 reports the united list
@@ -122,19 +123,24 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
     step = make_train_step(model, cfg, pretrained_cfg, device, amp, channels_last, ctx, class_counts)
     progress, history = Progress(), []
     if resumed is not None:
-        progress, history = restore(step, resumed.state, cfg), list(resumed.state["history"])
-    run_dir = open_run_dir(cfg, ctx, resumed)
-    try:
+        progress, history = resumed.restore(step, cfg)
+    run_dir = RunDir(resumed.run_dir) if resumed is not None else None
+    try:  # rank 0 locks the folder (the one writer); the lock's error reaches every rank
+        if run_dir is not None:
+            ctx.on_main(lambda: run_dir.acquire().tidy_for_resume(resumed.file))
+        else:
+            run_dir = new_run_dir(cfg, ctx)
         step = wrap_step(step, cfg, device)  # after restoring: DDP starts every process from rank 0's weights
         run = Run(cfg=cfg, ctx=ctx, splits=splits, step=step, train_loader=train_loader, val_loader=val_loader,
                   sampler=sampler, bad_files=bad_files, run_dir=run_dir, batches_per_epoch=len(train_loader),
                   progress=progress, history=history, stop=stop or StopRequest(),
-                  data=data_identity(splits, cfg.data_dir),
+                  data=data,
                   saved_at=(progress.epoch, progress.samples_in_epoch) if resumed is not None else None)
         if ctx.is_main:
             _start_run_dir(run, device, amp, channels_last, pretrained_cfg)
     except BaseException:
-        run_dir.release()
+        if run_dir is not None:
+            run_dir.release()
         raise
     if resumed is not None:
         _say_resumed(resumed, progress, splits, ctx)
@@ -143,12 +149,8 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
     return run
 
 
-def open_run_dir(cfg: TrainConfig, ctx: Distributed, resumed: Resumed | None) -> RunDir:
-    """The run folder, locked by rank 0 (the one writer): a new one, or the resumed run's, tidied."""
-    if resumed is not None:
-        run_dir = RunDir(resumed.run_dir)
-        ctx.on_main(lambda: run_dir.acquire().tidy_for_resume(resumed.file))  # the lock's error reaches every rank
-        return run_dir
+def new_run_dir(cfg: TrainConfig, ctx: Distributed) -> RunDir:
+    """A new run folder, made and locked by rank 0; the others learn its path."""
     made = ctx.on_main(lambda: RunDir.create(cfg.output, cfg.name, cfg.model), share=lambda made: made.path)
     return made if ctx.is_main else RunDir(made)
 
@@ -231,8 +233,9 @@ def build_training_model(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: P
     weights), the run's own preprocessing and classes, --freeze-backbone, --sync-bn."""
     model = build_model(cfg.model, num_classes=len(splits.class_names), drop_path_rate=cfg.drop_path_rate)
     check_img_size(model, pretrained_cfg.input_size[-1])
+    amp = resolve_precision(cfg, device)[0]  # autocast keeps activations in 16 bits
     check_activation_memory(model, pretrained_cfg.input_size[-1], cfg.batch_size, device, training=True,
-                            element_bytes=2 if device.type == "cuda" else 4)  # bf16 autocast on a GPU
+                            element_bytes=2 if amp in ("bf16", "fp16") else 4)
     if pretrained is not None:
         start_from(model, cfg, pretrained, list(splits.class_names))
     # After loading: the weights' own preprocessing and classes must not replace this run's.
@@ -282,7 +285,7 @@ def make_loaders(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: Pretraine
     # An own generator: iterator creation must not draw from the global RNG, which a resumed run restores.
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
                   generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping,
-                  worker_init_fn=ignore_ctrl_c)
+                  worker_init_fn=own_process_group)
     augment = DeviceAugment(pretrained_cfg, image_size(pretrained_cfg, cfg.img_size), cfg.hflip)
     train_loader: Iterable
     if store is not None:

@@ -46,6 +46,21 @@ except ImportError:  # Windows: no advisory locks of this kind; runs there go un
     fcntl = None  # type: ignore[assignment]
 
 
+# flock's lock belongs to the open file, which a fork shares: a DataLoader worker would hold it on after the run
+# let go. Children close their copies; the lock is then the parent's alone.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class RunDir:
     """A run folder and its writers. `tensorboard` is set by `open_tensorboard`; the writing process holds
     the folder's lock (`acquire`) from its start until `release`."""
@@ -69,14 +84,20 @@ class RunDir:
             os.close(fd)
             raise ConfigError(f"{self.path} is in use: another run (pid {holder}) is writing into it; wait for it "
                               f"to end or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            os.close(fd)
+            raise
         self._lock_fd = fd
+        _HELD_LOCKS.add(fd)
         return self
 
     def release(self) -> None:
         self.close()
         if self._lock_fd is not None:
+            _HELD_LOCKS.discard(self._lock_fd)
             os.close(self._lock_fd)  # closing the descriptor is what lets go of the lock
             self._lock_fd = None
 

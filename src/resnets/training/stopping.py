@@ -6,6 +6,11 @@ The first signal is only noted. The run finishes the step it is in, writes a res
 (130, 143). A second signal stops at once, as if nothing caught the first. Before training starts there is
 nothing to save: the first signal ends the run at once, with RunStopped.
 
+The DataLoader workers leave the trainer's process group, so a signal to the group (Ctrl-C in a terminal,
+torchrun's shutdown) reaches only the trainer. SLURM's own signal goes to every process of a job step,
+workers too: with `-j N`, ask for it at the batch shell only (`#SBATCH --signal=B:TERM@120`) and have the shell
+pass it on to the trainer (`trap 'kill -TERM $pid' TERM`).
+
 Under torchrun each process may get the signal at another step, or alone; the processes agree on a stop
 through a small host-side exchange every `POLL_STEPS` optimizer steps, so they all save the same step.
 """
@@ -49,7 +54,9 @@ class StopRequest:
         """Handlers for SIGINT and SIGTERM while the block runs (main thread only: elsewhere, e.g. a training
         loop inside a web server's worker thread, Python does not deliver signals, and nothing changes)."""
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+            # A signal the process was started ignoring (SIGINT of a `cmd &` job in a script) stays ignored
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS
+                              if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
             yield self
         finally:
@@ -74,9 +81,9 @@ class StopRequest:
         return signal.Signals(signum).name
 
 
-def ignore_ctrl_c(worker_id: int) -> None:
-    """A DataLoader worker's start: Ctrl-C reaches every process of the terminal's group, and the workers must
-    keep serving batches until the main process has saved. SIGTERM stays deadly to them: it is how the main
-    process ends them at its exit (multiprocessing terminates its daemons), and schedulers send it to the
-    trainer (torchrun to each process it started), not to its loader workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def own_process_group(worker_id: int) -> None:
+    """A DataLoader worker's start: out of the trainer's process group. Ctrl-C, `kill -- -PGID` and torchrun's
+    shutdown (os.killpg) signal the trainer's whole group; a worker ended by them would fail the very steps the
+    trainer still takes before it saves. Workers end with the trainer anyway: torch's watchdog sees their
+    parent go, and the trainer ends them itself at its exit."""
+    os.setpgid(0, 0)
