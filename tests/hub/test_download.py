@@ -308,3 +308,18 @@ def test_a_published_name_wins_over_a_folder_of_that_name_here(published, tmp_pa
     assert resnets.hub.download(["resnet18"])[0].weight_set.name == "resnet18.a1_in1k"
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         resnets.hub.download(["./resnet18"])
+
+
+def test_a_ready_model_whose_file_lacks_its_classifier_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from resnets.models.weights import DIGEST_KEY, read_state_dict, save_weights
+
+    path = save_weights(resnets.create_model("resnet18", num_classes=3), tmp_path / "w.safetensors")
+    headless = {k: v for k, v in read_state_dict(path)[0].items() if not k.startswith("fc.")}
+    with safe_open(str(path), "pt") as f:  # its metadata kept, its head cut (and the checksum of the whole dropped)
+        metadata = {k: v for k, v in f.metadata().items() if k != DIGEST_KEY}
+    save_file(headless, str(tmp_path / "cut.safetensors"), metadata=metadata)
+    with pytest.raises(CheckpointError, match="classifier does not fit the 3 classes"):
+        resnets.load_model(tmp_path / "cut.safetensors")

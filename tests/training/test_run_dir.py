@@ -133,14 +133,58 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     # DataLoader workers are forked while the run holds its lock; flock's lock belongs to the open file, which a
     # fork shares, so a worker still alive after the run let go would keep the folder locked.
     run_dir = run_dir_module.RunDir(tmp_path).acquire()
+    ready, tell = os.pipe()
     child = os.fork()
-    if child == 0:  # pragma: no cover (the child)
+    if child == 0:  # pragma: no cover (the child: its at-fork hooks have run by now)
         import time
+        os.write(tell, b"1")
         time.sleep(3)
         os._exit(0)
     try:
+        assert os.read(ready, 1) == b"1"
         run_dir.release()
         run_dir_module.RunDir(tmp_path).acquire().release()  # free while the child lives on
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+        os.close(ready)
+        os.close(tell)
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(one_epoch, tmp_path):
+    _, run = one_epoch
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious data")
+    (run / run_dir_module.LOCK_FILE).unlink()
+    (run / run_dir_module.LOCK_FILE).symlink_to(precious)
+    with pytest.raises(ConfigError, match=r"\.lock: cannot be this run's lock file"):
+        resnets.train(resume=str(run), epochs=2, progress=False)
+    assert precious.read_text() == "precious data"
+
+
+def test_deleting_only_the_lock_file_does_not_stop_the_run(tmp_path, monkeypatch):
+    real = run_dir_module.RunDir.write_epoch
+
+    def delete_the_lock(self, history, title):  # "a stale lock file", someone thinks
+        (self.path / run_dir_module.LOCK_FILE).unlink(missing_ok=True)
+        return real(self, history, title)
+
+    monkeypatch.setattr(run_dir_module.RunDir, "write_epoch", delete_the_lock)
+    result = resnets.train(epochs=2, output=str(tmp_path / "runs"), name="run", **FAST)
+    assert result.metrics["epochs_run"] == 2
+
+
+def test_a_moved_data_folder_resumes_from_its_new_place_and_from_another_directory(one_epoch, tmp_path,
+                                                                                    monkeypatch):
+    data, run = one_epoch
+    moved = data.rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "runs")  # a requeued job starts elsewhere
+    result = resnets.train(resume=str(run), epochs=2, progress=False, data_dir=str(moved))
+    assert result.metrics["epochs_run"] == 2  # the same files, relative to the folder: the same data
+
+
+def test_loader_processes_are_bounded():
+    from resnets.training.config import MAX_WORKERS, TrainConfig
+
+    with pytest.raises(ConfigError, match=f"workers must be <= {MAX_WORKERS}"):
+        TrainConfig(workers=10**6).resolved()

@@ -28,7 +28,16 @@ def train(args: list, env: dict | None = None, script: Path | None = None) -> su
     """`resnets train` in its own session (a signal to its process group reaches nothing of pytest's)."""
     target = [str(script)] if script else ["-m", "resnets"]
     return subprocess.run([sys.executable, *target, "train", *map(str, args)], env={**os.environ, **ENV, **(env or {})},
-                          capture_output=True, text=True, timeout=600, start_new_session=True)
+                          capture_output=True, text=True, timeout=600, start_new_session=True,
+                          preexec_fn=default_signals)
+
+
+def default_signals() -> None:
+    """In the child before it starts: SIGINT and SIGTERM as a terminal's process has them. A suite started in
+    the background (`make test &`, some CI runners) passes SIGINT on ignored, and resnets leaves alone a
+    signal its process was started ignoring."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def signalled(name: str, after: int, epoch: int = 1, **extra: str) -> dict:
@@ -91,7 +100,7 @@ def test_a_signal_to_the_group_from_outside_leaves_the_loader_workers_serving(tm
     proc = subprocess.Popen([sys.executable, "-m", "resnets", "train", *SMALL, "-j", "2", "--accum-steps", "4",
                              "--checkpoint-every", "1", "--output", str(tmp_path), "--name", "run"],
                             env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_signals)
     try:
         deadline = time.time() + 300
         while not list_checkpoints(tmp_path / "run") and time.time() < deadline and proc.poll() is None:
@@ -121,7 +130,8 @@ def test_before_training_begins_a_signal_stops_at_once_with_its_line():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
 
 
-def test_an_armed_request_only_notes_the_first_signal():
+def test_an_armed_request_only_notes_the_first_signal(monkeypatch):
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.SIG_DFL)  # as in a terminal, whatever ran pytest
     stop = StopRequest()
     with stop.installed():
         stop.armed = True
@@ -129,4 +139,14 @@ def test_an_armed_request_only_notes_the_first_signal():
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):  # the second: at once
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is not stop._handle  # put back
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored(monkeypatch):
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # `cmd &` in a script starts cmd so
+    try:
+        with StopRequest().installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_to
 from ..messages import one_line, warn
 from ..models.pretrained_cfg import PretrainedCfg
+from .loader_workers import own_process_group
 from .bad_files import BadFiles, collate_skipping
 from .images import MAX_IMAGE_BYTES
 from .transforms import INTERPOLATION, SMALL_IMAGE, DeviceNormalize, image_size
@@ -71,7 +72,8 @@ def build_store(dataset: Dataset, side: int, pretrained_cfg: PretrainedCfg, work
     stored = copy.copy(dataset)  # the same items, stored rather than augmented
     resize = v2.Resize(side, interpolation=INTERPOLATION[pretrained_cfg.interpolation], antialias=True)
     stored.transform = v2.Compose([v2.ToImage(), resize, v2.CenterCrop(side)])  # type: ignore[attr-defined]
-    loader = DataLoader(stored, batch_size=256, num_workers=workers, collate_fn=collate_skipping)
+    loader = DataLoader(stored, batch_size=256, num_workers=workers, collate_fn=collate_skipping,
+                        worker_init_fn=own_process_group)
     images, labels, broken = [], [], {}
     for batch_images, batch_labels, unreadable in loader:
         broken.update({u.file: u.reason for u in unreadable})

@@ -308,7 +308,10 @@ def load_model(weights: str | Path | None = None, model_name: str | None = None,
         adapt_input_conv(model, state)
     else:
         raise CheckpointError(f"{path}: a bare weights file does not say its architecture; pass --model NAME")
-    load_state(model, state, meta, path)
+    report = load_state(model, state, meta, path)
+    if report.skipped and "num_classes" not in overrides:  # a ready model predicts: a fresh head would guess
+        raise CheckpointError(f"{path}: its classifier does not fit the {model.num_classes} classes it says it has "
+                              f"({', '.join(report.skipped)} missing or of another size)")
     return model
 
 

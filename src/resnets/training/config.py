@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .optim import LR_SCALING, OPTIMIZERS, SCHEDULES
 GROUPS = [("data", "data"), ("model", "model"), ("optimisation", "optimisation"), ("augmentation", "augmentation"),
           ("hardware", "hardware and speed"), ("checkpoints", "run folder, checkpoints and reproducibility"),
           ("distributed", "several processes (torchrun; -b is per process)"), ("logging", "logging")]
+MAX_WORKERS = 512
 IMBALANCE = ("none", "weights", "sampler")  # --imbalance: class-weighted loss (step.py), balanced sampling (run.py)
 
 
@@ -140,6 +142,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill the 'auto' fields that do not depend on the machine."""
         cfg = dataclasses.replace(self)
+        if cfg.data_dir:  # absolute: a resume started elsewhere (a requeued job's other directory) finds it too
+            cfg.data_dir = os.path.abspath(os.path.expanduser(cfg.data_dir))
         if cfg.data_dir and cfg.dataset == "digits":
             path = Path(cfg.data_dir)
             cfg.dataset = "csv" if path.suffix.lower() == ".csv" else "folder"
@@ -173,6 +177,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         (("epochs", "batch_size", "accum_steps", "keep_checkpoints", "lr_base_batch", "decay_epochs", "max_image_mb"),
          lambda v: v >= 1, "must be >= 1"),
         (("workers", "patience", "checkpoint_every", "skip_nonfinite"), lambda v: v is None or v >= 0, "must be >= 0"),
+        # a process each: more than any machine has cores is a typo (or a crafted checkpoint), not a setting
+        (("workers",), lambda v: v is None or v <= MAX_WORKERS, f"must be <= {MAX_WORKERS}"),
         (("hflip", "random_erasing", "label_smoothing"), lambda v: v is None or 0.0 <= v <= 1.0, "must be in [0, 1]"),
         (("lr", "decay_rate", "dist_timeout", "ddp_bucket_mb"), lambda v: 0 < v < math.inf,
          "must be a finite number > 0"),

@@ -26,10 +26,11 @@ from .step import TrainStep
 
 # What a resumed run may change; every other option is the run's own (a changed lr or model would not be
 # the same run any more). The number of processes may change too: it is not an option.
-RESUME_OVERRIDABLE = {"epochs", "resume", "resume_on_changed_data", "output", "device", "workers", "progress",
-                      "checkpoint_every", "keep_checkpoints", "log_tensorboard", "patience", "skip_nonfinite",
-                      "max_bad_fraction", "max_image_mb", "dist_timeout", "ddp_bucket_mb", "ddp_static_graph",
-                      "cache_dir", "compile", "compile_mode"}
+# data_dir too: the data's identity, checked on resume, says whether a moved folder still holds the run's data
+RESUME_OVERRIDABLE = {"epochs", "resume", "resume_on_changed_data", "data_dir", "output", "device", "workers",
+                      "progress", "checkpoint_every", "keep_checkpoints", "log_tensorboard", "patience",
+                      "skip_nonfinite", "max_bad_fraction", "max_image_mb", "dist_timeout", "ddp_bucket_mb",
+                      "ddp_static_graph", "cache_dir", "compile", "compile_mode"}
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ..analysis.memory import check_activation_memory
 from ..data.bad_files import BadFiles, SkipUnreadable, Unreadable, collate_skipping
 from ..data.datasets import DataSplits, class_difference, load_splits
 from ..data.device_decode import DeviceDecodeLoader, EncodedFiles, collate_encoded
+from ..data.loader_workers import own_process_group
 from ..data.in_memory import DeviceAugment, DeviceLoader, ImageStore, cached_store, store_size
 from ..data.transforms import eval_transform, image_size, train_transform
 from ..device import default_workers
@@ -33,7 +34,7 @@ from .epoch import Progress
 from .resume import Resumed, checkpoint_state, data_identity, locate_resume
 from .run_dir import RunDir
 from .sampling import EpochSampler, SeededItems
-from .stopping import StopRequest, own_process_group
+from .stopping import StopRequest
 from .step import TrainStep, make_train_step, wrap_step
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +52,11 @@ except ImportError:  # Windows: no advisory locks of this kind; runs there go un
 _HELD_LOCKS: set[int] = set()
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 def _close_inherited_locks() -> None:
     for fd in _HELD_LOCKS:
         os.close(fd)
@@ -69,6 +75,7 @@ class RunDir:
         self.path = Path(path)
         self.tensorboard: Any = None
         self._lock_fd: int | None = None
+        self._identity: tuple[int, int] | None = None
 
     def acquire(self) -> "RunDir":
         """Take the folder's advisory lock, or ConfigError naming the process that holds it: two runs writing
@@ -76,7 +83,15 @@ class RunDir:
         process ends, however it ends, so a dead run's .lock file is simply taken over."""
         if fcntl is None or self._lock_fd is not None:
             return self
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = self.path / LOCK_FILE
+        try:  # never through a link: a run folder handed over could point .lock at a file to overwrite
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
+                         0o644)
+        except OSError as e:
+            raise ConfigError(f"{lock}: cannot be this run's lock file ({e.strerror}); remove it") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{lock}: not a regular file, so not this run's lock file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -91,6 +106,7 @@ class RunDir:
             os.close(fd)
             raise
         self._lock_fd = fd
+        self._identity = _identity(self.path)
         _HELD_LOCKS.add(fd)
         return self
 
@@ -107,7 +123,7 @@ class RunDir:
         if self._lock_fd is None:
             return
         try:
-            present = os.stat(self.path / LOCK_FILE).st_ino == os.fstat(self._lock_fd).st_ino
+            present = _identity(self.path) == self._identity  # the same folder, not one of the same name
         except OSError:
             present = False
         if not present:
