@@ -13,16 +13,20 @@ from resnets.cli import main
 from resnets.hub.catalog import catalog
 
 
+def pets(root, per_class: int, side: int) -> None:
+    """A folder of two classes, cat and dog, of random images."""
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+
+
 def test_training_from_an_architectures_default_set(published, tmp_path, monkeypatch, capsys):
     sets = catalog()
     half = dataclasses.replace(sets["resnet18.a1_in1k"].pretrained_cfg, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     monkeypatch.setitem(sets, "resnet18.a1_in1k", dataclasses.replace(sets["resnet18.a1_in1k"], pretrained_cfg=half))
-    rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / "data" / cls).mkdir(parents=True)
-        for i in range(6):
-            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    pets(tmp_path / "data", per_class=6, side=40)
     code = main(["train", "--data-dir", str(tmp_path / "data"), "--model", "resnet18", "--pretrained",
                  "--img-size", "32", "--epochs", "1", "-b", "4", "-j", "0", "--output", str(tmp_path / "runs"),
                  "--no-progress"])
@@ -46,12 +50,7 @@ def test_training_from_a_hub_model_folder_uses_its_preprocessing(hub, tmp_path):
     folder = resnets.save_pretrained(model, tmp_path / "folder", ["cat", "dog"])
     for name in ("config.json", "model.safetensors"):
         hub.publish("me/pets", name, (folder / name).read_bytes())
-    rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (tmp_path / "data" / cls).mkdir(parents=True)
-        for i in range(4):
-            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    pets(tmp_path / "data", per_class=4, side=20)
     result = resnets.train(data_dir=str(tmp_path / "data"), model="resnet18", pretrained="hf-hub:me/pets", img_size=32,
                            epochs=1, batch_size=4, workers=0, output=str(tmp_path / "runs"), progress=False)
     trained = resnets.load_model(result.run_dir)

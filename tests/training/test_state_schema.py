@@ -61,6 +61,7 @@ VARIANTS = {  # name: (change to a valid state, the field the error names)
     "negative step": (lambda s: s["progress"].update(global_step=-5), "progress.global_step"),
     "10**30 images": (lambda s: s["progress"].update(samples_in_epoch=10**30), "progress.samples_in_epoch"),
     "no progress": (lambda s: s.pop("progress"), "progress is missing"),
+    "empty progress": (lambda s: s.update(progress={}), "progress.epoch"),
     "unknown progress field": (lambda s: s["progress"].update(bogus=1), "progress.bogus"),
     "history not a list": (lambda s: s.update(history=5), "history"),
     "history of numbers": (lambda s: s.update(history=[1, 2]), "history[0]"),

@@ -114,6 +114,8 @@ def _check_config(config: Any) -> TrainConfig:
 
 def _check_progress(progress: Any) -> None:
     _mapping(progress, "progress")
+    for name in ("epoch", "samples_in_epoch", "global_step"):  # where the run is: what a resume cannot guess
+        _need(name in progress, f"progress.{name}", MISSING, "present")
     fields = {f.name: f.type for f in dataclasses.fields(Progress)}
     for name in progress:
         _need(name in fields, f"progress.{str(name)[:40]}", progress[name],
