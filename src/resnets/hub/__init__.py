@@ -29,7 +29,7 @@ from ..models.resnet import ResNet
 from ..models.weights import (CLASSIFIER_PREFIX, TORCH_WEIGHTS_FILE, WEIGHTS_FILE, LoadReport, build_from_metadata,
                               load_state, read_state_dict, resolve_weights, save_weights)
 from .catalog import WeightSet, catalog, find_weights
-from .download import HUB_PREFIX, fetch, fetch_hub_file
+from .download import HUB_FILES, HUB_PREFIX, fetch, fetch_hub_file, split_hub_spec
 from .timm_format import (config_from_timm, labels_from_timm, model_card, pretrained_cfg_from_timm, resnets_name,
                           timm_config)
 
@@ -61,8 +61,8 @@ class Pretrained:
         if self.weight_set is not None:
             return self.weight_set.pretrained_cfg
         config = self.path.parent / CONFIG_FILE
-        if config.is_file() and self.path.name in (WEIGHTS_FILE, TORCH_WEIGHTS_FILE):
-            return pretrained_cfg_from_timm(_read_json(config), PretrainedCfg(), str(config))
+        if config.is_file() and self.path.name in HUB_FILES:
+            return pretrained_cfg_from_timm(read_json_file(config), PretrainedCfg(), str(config))
         saved = self.read()[1].get("pretrained_cfg")
         try:
             return PretrainedCfg.from_dict(saved) if isinstance(saved, dict) else None
@@ -86,8 +86,8 @@ def find_pretrained(spec: str | bool, architecture: str | None = None) -> Pretra
             return _published(published)
         found = Pretrained(fetch(spec))
         if spec.startswith(HUB_PREFIX):  # a model folder's config.json says how its weights were trained
-            repo, _, revision = spec[len(HUB_PREFIX):].partition("@")
-            fetch_hub_file(repo, (CONFIG_FILE,), revision or None, spec, optional=True)
+            repo, revision = split_hub_spec(spec)
+            fetch_hub_file(repo, (CONFIG_FILE,), revision, spec, optional=True)
         return found
     path_like = os.sep in spec or spec.startswith(".") or Path(spec).suffix.lower() in WEIGHT_SUFFIXES
     if path_like and Path(spec).exists():
@@ -200,10 +200,10 @@ def _from_hub(repo: str, pretrained: bool, overrides: dict[str, Any]) -> ResNet:
     """A model folder on the Hub ("ORG/REPO", "ORG/REPO@revision"): its config.json, and with `pretrained` its
     weights (timm's semantics). Both come from the same snapshot folder of huggingface_hub's cache."""
     what = f"{HUB_PREFIX}{repo}"
-    repo, _, revision = repo.partition("@")
-    folder = fetch_hub_file(repo, (CONFIG_FILE,), revision or None, what).parent
+    repo, revision = split_hub_spec(repo)
+    folder = fetch_hub_file(repo, (CONFIG_FILE,), revision, what).parent
     if pretrained:
-        fetch_hub_file(repo, (WEIGHTS_FILE, TORCH_WEIGHTS_FILE), revision or None, what)
+        fetch_hub_file(repo, HUB_FILES, revision, what)
     return from_pretrained(folder, weights=pretrained, **overrides)
 
 
@@ -243,13 +243,13 @@ def from_pretrained(directory: str | Path, weights: bool = True, **overrides: An
     if str(directory).startswith(HUB_PREFIX):
         return _from_hub(str(directory)[len(HUB_PREFIX):], weights, overrides)
     directory = Path(directory)
-    config = _read_json(directory / CONFIG_FILE)
+    config = read_json_file(directory / CONFIG_FILE)
     if "config" in config and "pretrained_cfg" in config and "model_args" not in config:
         model = build_from_metadata(config, directory / CONFIG_FILE)  # a folder of resnets before timm's schema
     else:
         model = _build_from_timm_config(config, directory / CONFIG_FILE, overrides)
     if weights:
-        files = [directory / name for name in (WEIGHTS_FILE, TORCH_WEIGHTS_FILE) if (directory / name).is_file()]
+        files = [directory / name for name in HUB_FILES if (directory / name).is_file()]
         if not files:
             raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or {TORCH_WEIGHTS_FILE} beside config.json")
         state, metadata = read_state_dict(files[0])
@@ -317,20 +317,12 @@ def load_model(weights: str | Path | None = None, model_name: str | None = None,
 
 def download(names: list[str]) -> list[Pretrained]:
     """Fetch published weights ahead of use (`resnets download`), e.g. for compute nodes without a network: a
-    set's name, an architecture (its default set), "hf-hub:ORG/REPO" (its config.json too, if it has one: a
-    model folder needs it) or a URL."""
+    set's name, an architecture (its default set), "hf-hub:ORG/REPO" (its config.json too, which
+    `find_pretrained` fetches with it: a model folder needs it) or a URL."""
     found = []
     for name in names:
         found.append(find_pretrained(name, name.partition(".")[0]))
         if found[-1].weight_set is None and not name.startswith((HUB_PREFIX, "http://", "https://")):
             raise ConfigError(f"{name}: a file here already; `resnets download` fetches published weights, "
                               f"hf-hub: repos and URLs")
-        if name.startswith(HUB_PREFIX) and found[-1].weight_set is None:
-            repo, _, revision = name[len(HUB_PREFIX):].partition("@")
-            fetch_hub_file(repo, (CONFIG_FILE,), revision or None, name, optional=True)
     return found
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return read_json_file(path)
-

@@ -36,7 +36,7 @@ def run_weights(args: argparse.Namespace) -> int:
         test = w.pretrained_cfg.test_input_size[-1] if w.pretrained_cfg.test_input_size else ""
         top1 = f"{w.top1:6.2f} {w.top1_size:>4}" if w.top1 is not None else f"{'-':>6} {'':>4}"
         print(f"{w.name + (' *' if w.default else ''):<{width + 2}}{top1}  {w.pretrained_cfg.input_size[-1]:>5} "
-              f"{test:>5}  {sizes[(w.architecture, w.num_classes)]:>5.0f}  {'yes' if cached(w.source) else 'no':<6}  "
+              f"{test:>5}  {sizes[key]:>5.0f}  {'yes' if cached(w.source) else 'no':<6}  "
               f"{w.license:<12}  {w.source}")
     print("* the architecture's default (pretrained=True, --pretrained alone)")
     return 0

@@ -25,12 +25,19 @@ from safetensors import safe_open
 from ..errors import DownloadError
 from ..fileio import atomic_write_text
 from ..messages import one_line
+from ..models.weights import TORCH_WEIGHTS_FILE, WEIGHTS_FILE
 
-HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's `save_for_hf` writes, preferred first
+HUB_FILES = (WEIGHTS_FILE, TORCH_WEIGHTS_FILE)  # what timm's `save_for_hf` writes, preferred first
 HUB_PREFIX = "hf-hub:"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME_HASH = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: resnet50-11ad3fa6.pth
 STALL_S = 60  # a download that receives nothing for this long is dead: torch.hub itself would wait forever
+
+
+def split_hub_spec(spec: str) -> tuple[str, str | None]:
+    """"hf-hub:ORG/REPO[@revision]" (the prefix optional) -> (repo, revision or None for the default branch)."""
+    repo, _, revision = spec.removeprefix(HUB_PREFIX).partition("@")
+    return repo, revision or None
 
 
 def offline() -> bool:
@@ -45,8 +52,8 @@ def fetch(source: str, sha256: str = "", what: str = "", progress: bool = True, 
     always is), for files that do not change."""
     what = what or source
     if source.startswith(HUB_PREFIX):
-        repo, _, revision = source[len(HUB_PREFIX):].partition("@")
-        return fetch_hub_file(repo, HUB_FILES, revision or None, what, cache_first=cache_first)
+        repo, revision = split_hub_spec(source)
+        return fetch_hub_file(repo, HUB_FILES, revision, what, cache_first=cache_first)
     if urlparse(source).scheme in ("http", "https"):
         return fetch_url(source, sha256, what, progress)
     raise DownloadError(f"{what}: {source!r} is neither hf-hub:REPO nor an http(s) URL")
@@ -177,8 +184,8 @@ def _own_hash(path: Path) -> Path:
 def cached(source: str) -> bool:
     """Whether `source` is in its cache already (not verified: listing the catalog must stay quick)."""
     if source.startswith(HUB_PREFIX):
-        repo, _, revision = source[len(HUB_PREFIX):].partition("@")
-        return any(isinstance(huggingface_hub.try_to_load_from_cache(repo, name, revision=revision or None), str)
+        repo, revision = split_hub_spec(source)
+        return any(isinstance(huggingface_hub.try_to_load_from_cache(repo, name, revision=revision), str)
                    for name in HUB_FILES)
     return (url_cache() / os.path.basename(urlparse(source).path)).is_file()
 
