@@ -67,8 +67,8 @@ def test_every_csv_of_train_eval_and_predict_neutralises_names_from_the_data(tmp
     written = {str(p): p.read_bytes().decode() for p in Path(".").rglob("*.csv")}
     run = os.path.relpath(result.run_dir)
     assert set(written) == {f"{run}/{name}" for name in ("summary.csv", "per_class.csv", "confusion_matrix.csv",
-                                                         "bad_files.csv")} | {
-        "pred.csv", "eval/per_class.csv", "eval/confusion_matrix.csv", "eval/bad_files.csv"}
+                                                         "bad_files.csv", "predictions.csv")} | {
+        "pred.csv", "eval/per_class.csv", "eval/confusion_matrix.csv", "eval/bad_files.csv", "eval/predictions.csv"}
     for name, text in {"predict's stdout": printed, **written}.items():
         formulas = [c for c in cells(text) if c.startswith(FORMULA_STARTS)]
         assert not formulas, f"{name}: {formulas}"

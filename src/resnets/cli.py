@@ -16,6 +16,8 @@ from .errors import ResnetsError
 COMMANDS = {
     "train": ("resnets.training.commands", "train a model (default: digits on cifar_resnet20)",
               "resnets train --data-dir photos/ --model resnet18 --epochs 30 --img-size 160"),
+    "lr-find": ("resnets.training.commands", "learning-rate range test: loss against lr (PNG), a suggested --lr",
+                "resnets lr-find --data-dir photos/ --model resnet18 --output lr_find.png"),
     "eval": ("resnets.inference.commands", "accuracy, per-class report and confusion matrix on an image folder",
              "resnets eval --weights runs/<run> --data-dir photos/"),
     "predict": ("resnets.inference.commands", "top-k classes of image files (CSV)",
@@ -24,6 +26,8 @@ COMMANDS = {
                "resnets export --weights runs/<run> --format onnx --output model.onnx"),
     "cam": ("resnets.inference.commands", "Grad-CAM heatmaps over images (PNG)",
             "resnets cam --weights runs/<run> cat.jpg"),
+    "report": ("resnets.report_commands", "rebuild report.html of a run or eval folder (one self-contained page)",
+               "resnets report runs/<run>"),
     "check-data": ("resnets.data.commands", "decode every image of a folder and report problems",
                    "resnets check-data photos/ --val-dir holdout/"),
     "weights": ("resnets.hub.commands", "published weights by name: accuracy, sizes, license, cached or not",

@@ -21,6 +21,8 @@ class EvalResult:
     predictions: torch.Tensor = field(repr=False)  # (N,) predicted class index
     targets: torch.Tensor = field(repr=False)  # (N,)
     probabilities: torch.Tensor | None = field(default=None, repr=False)  # (N, C) when asked for
+    losses: torch.Tensor | None = field(default=None, repr=False)  # (N,) cross-entropy, with keep_losses
+    confidences: torch.Tensor | None = field(default=None, repr=False)  # (N,) softmax of the predicted class, too
 
     @property
     def loss(self) -> float:
@@ -48,16 +50,19 @@ def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = (
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "off",
              keep_probabilities: bool = False, progress: Callable[[Iterable], Iterable] | None = None,
              channels_last: bool = False, allow_empty: bool = False,
-             normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EvalResult:
+             normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             keep_losses: bool = False) -> EvalResult:
     """Loss, top-1/top-5 and per-sample predictions of `model` over `loader`.
 
     Sums stay on the device and predictions are moved once at the end: no host sync per batch.
     `allow_empty`: a rank's shard of a tiny validation set may hold nothing; its part is then empty.
     `normalize`: applied to each batch on the device (`DeviceNormalize`, for loaders that yield uint8).
+    `keep_losses`: also each sample's loss and predicted-class probability, (N,) each: what predictions.csv and
+    the top losses need, at 8 bytes a sample where `keep_probabilities` costs 4 bytes a class.
     """
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits
-    preds, targets, probs = [], [], []
+    preds, targets, probs, losses, confidences = [], [], [], [], []
     for images, labels in (progress(loader) if progress else loader):
         images = images.to(device, non_blocking=True)
         if normalize is not None:
@@ -68,27 +73,38 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str 
         with autocast(device, amp):
             logits = model(images)
         logits = logits.float()
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        loss = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+        sums[0] += loss.sum()
         sums[1:] += topk_hits(logits, labels)
         preds.append(logits.argmax(1))
         targets.append(labels)
         if keep_probabilities:
             probs.append(logits.softmax(1))
+        if keep_losses:
+            losses.append(loss)
+            confidences.append(logits.softmax(1).amax(1))
     if not targets:
         if not allow_empty:
             raise ValueError("evaluation set is empty")
         nothing = torch.empty(0, dtype=torch.long)
-        return EvalResult(0.0, 0, 0, 0, nothing, nothing, torch.empty(0, 0) if keep_probabilities else None)
+        no_values = torch.empty(0) if keep_losses else None
+        return EvalResult(0.0, 0, 0, 0, nothing, nothing, torch.empty(0, 0) if keep_probabilities else None,
+                          no_values, no_values)
     loss_sum, c1, c5 = sums.tolist()
     predictions, target = torch.cat(preds).cpu(), torch.cat(targets).cpu()
     return EvalResult(loss_sum, int(c1), int(c5), len(target), predictions, target,
-                      torch.cat(probs).cpu() if keep_probabilities else None)
+                      torch.cat(probs).cpu() if keep_probabilities else None,
+                      torch.cat(losses).cpu() if keep_losses else None,
+                      torch.cat(confidences).cpu() if keep_losses else None)
 
 
 def merge_results(parts: list[EvalResult]) -> EvalResult:
     """One result from the disjoint shards that the ranks evaluated."""
-    probs = [p.probabilities for p in parts]
+    def joined(name: str) -> torch.Tensor | None:  # kept by every part, or by none
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else torch.cat(values)
+
     return EvalResult(sum(p.loss_sum for p in parts), sum(p.correct1 for p in parts),
                       sum(p.correct5 for p in parts), sum(p.num_samples for p in parts),
-                      torch.cat([p.predictions for p in parts]), torch.cat([p.targets for p in parts]),
-                      None if any(p is None for p in probs) else torch.cat(probs))  # type: ignore[arg-type]
+                      joined("predictions"), joined("targets"), joined("probabilities"), joined("losses"),
+                      joined("confidences"))

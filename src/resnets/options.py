@@ -57,7 +57,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, groups: Sequence[tup
     defaults = cls()
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        base = next(m for m in _members(hints[f.name]) if m is not type(None))
+        members = _members(hints[f.name])
+        # A field of a number or a word (`--lr 0.1`, `--lr auto`) takes the flag as text: from_options reads the number
+        base = str if str in members else next(m for m in members if m is not type(None))
         default = getattr(defaults, f.name)
         help_text = meta["help"] + ("" if default is None else f" [default: {_shown(default)}]")
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
@@ -101,11 +103,12 @@ def check_choices(obj: Any) -> None:
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    """Undo YAML's guesses: `amp: off` arrives as False and `lr: 1e-3` as a string."""
+    """Undo YAML's guesses: `amp: off` arrives as False and `lr: 1e-3` as a string. A field that takes a number
+    or a word (`lr: auto`) keeps text that spells no number."""
     allowed = _members(hint)
     if isinstance(value, bool) and str in allowed and bool not in allowed:
         return "on" if value else "off"
-    if isinstance(value, str) and str not in allowed:
+    if isinstance(value, str):
         for number in (int, float):
             if number in allowed:
                 try:

@@ -27,6 +27,9 @@ class CrashAfter:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def __getattr__(self, name: str):  # what the epoch asks of its loader (yields_empty_batches, ...)
+        return getattr(self.loader, name)
+
     def __iter__(self):
         for i, batch in enumerate(self.loader):
             if i == self.batches:

@@ -108,7 +108,7 @@ def test_sync_bn_is_refused_on_cpu_processes_and_converts_alone():
 
 
 def test_a_single_process_run_with_sync_bn_saves_plain_batchnorm_weights(tmp_path):
-    result = resnets.train(output=str(tmp_path), epochs=1, img_size=16, batch_size=64, sync_bn=True,
+    result = resnets.train(output=str(tmp_path), epochs=1, img_size=16, batch_size=64, sync_bn=True, lr=0.1,
                            scale_lr="linear", lr_base_batch=128, progress=False)
     config = (result.run_dir / "config.yaml").read_text()
     assert "resolved_lr: 0.05" in config and "world_size: 1" in config

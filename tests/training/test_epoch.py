@@ -147,7 +147,7 @@ def test_only_a_loader_of_files_makes_the_processes_agree_on_empty_batches(tmp_p
     asked = []
     real_any = Distributed.any
     monkeypatch.setattr(Distributed, "any", lambda self, flag: asked.append(flag) or real_any(self, flag))
-    resnets.train(output=str(tmp_path / "files"), **SMALL)
+    resnets.train(output=str(tmp_path / "files"), **SMALL, recipe="imagenet")  # the recipe would pick --in-memory
     assert len(asked) == 22 and not any(asked)
     asked.clear()
     resident = resnets.train(output=str(tmp_path / "resident"), in_memory=True, **SMALL)

@@ -34,7 +34,7 @@ def two_gib(monkeypatch):
 def test_an_img_size_that_cannot_fit_is_refused(tmp_path, two_gib):
     with pytest.raises(ConfigError, match=r"^--img-size 20000: 64 image\(s\) of 20000x20000 need at least .* "
                                           r"at most --img-size \d+ could fit$"):
-        resnets.train(img_size=20000, epochs=1, progress=False, device="cpu", output=str(tmp_path))
+        resnets.train(img_size=20000, epochs=1, batch_size=64, progress=False, device="cpu", output=str(tmp_path))
 
 
 def test_a_resumed_run_at_a_size_that_cannot_fit_is_refused(tmp_path, two_gib):

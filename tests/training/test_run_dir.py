@@ -89,7 +89,7 @@ def test_a_run_folder_deleted_mid_run_stops_the_run_and_is_not_recreated(tmp_pat
     monkeypatch.setattr(run_dir_module.RunDir, "write_epoch", delete_after_the_first_epoch)
     with pytest.raises(TrainingError, match="was deleted or moved while this run was writing into it"):
         resnets.train(epochs=2, output=str(tmp_path / "runs"), name="run", **FAST)
-    assert not (tmp_path / "runs" / "run").exists()
+    assert not (tmp_path / "runs" / "run").exists(), list((tmp_path / "runs" / "run").rglob("*"))
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -173,8 +173,8 @@ class DeviceAugment:
     Crops interpolate the pixel values as they are (0-255; interpolation is linear, so scaling commutes with
     it) and `DeviceNormalize`'s one affine step at the end maps them as it maps the file pipeline's batches."""
 
-    def __init__(self, pretrained_cfg: PretrainedCfg, size: int, hflip: float):
-        self.size, self.hflip = size, hflip
+    def __init__(self, pretrained_cfg: PretrainedCfg, size: int, hflip: float, crop_scale: float = 0.08):
+        self.size, self.hflip, self.crop_scale = size, hflip, crop_scale
         self.small = size <= SMALL_IMAGE
         self.normalize = DeviceNormalize(pretrained_cfg)
 
@@ -193,7 +193,8 @@ class DeviceAugment:
             return self._flip_normalise(self._pad_crop(torch.stack(side).float(), g), g)
         heights = torch.tensor([im.shape[-2] for im in images], dtype=torch.float)
         widths = torch.tensor([im.shape[-1] for im in images], dtype=torch.float)
-        boxes = to_device(self._boxes(heights, widths, g), images[0].device)  # one copy, not one per image
+        # one copy, not one per image
+        boxes = to_device(self._boxes(heights, widths, g, self.crop_scale), images[0].device)
         crops = [roi_align(im[None].float(), [boxes[i:i + 1]], output_size=self.size,
                            spatial_scale=1.0, sampling_ratio=-1, aligned=True) for i, im in enumerate(images)]
         return self._flip_normalise(torch.cat(crops), g)
@@ -215,11 +216,12 @@ class DeviceAugment:
         return x.permute(0, 3, 1, 2)  # advanced indexing put the channels last
 
     @staticmethod
-    def _boxes(heights: torch.Tensor, widths: torch.Tensor, g: torch.Generator, tries: int = 10) -> torch.Tensor:
-        """(B, 4) x0, y0, x1, y1 of RandomResizedCrop boxes (scale 0.08-1, ratio 3/4-4/3, torchvision's 10
+    def _boxes(heights: torch.Tensor, widths: torch.Tensor, g: torch.Generator, min_scale: float = 0.08,
+               tries: int = 10) -> torch.Tensor:
+        """(B, 4) x0, y0, x1, y1 of RandomResizedCrop boxes (scale min_scale-1, ratio 3/4-4/3, torchvision's 10
         tries per image, then the whole image)."""
         b = heights.shape[0]
-        area = (heights * widths)[:, None] * torch.empty(b, tries).uniform_(0.08, 1.0, generator=g)
+        area = (heights * widths)[:, None] * torch.empty(b, tries).uniform_(min_scale, 1.0, generator=g)
         ratio = torch.exp(torch.empty(b, tries).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g))
         w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
         fits = (w <= widths[:, None]) & (h <= heights[:, None])
@@ -234,7 +236,7 @@ class DeviceAugment:
 
     def _resized_crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, height, width = x.shape[0], x.shape[-2], x.shape[-1]
-        boxes = self._boxes(torch.full((b,), float(height)), torch.full((b,), float(width)), g)
+        boxes = self._boxes(torch.full((b,), float(height)), torch.full((b,), float(width)), g, self.crop_scale)
         boxes = to_device(torch.cat([torch.arange(b, dtype=torch.float)[:, None], boxes], 1), x.device)
         # sampling_ratio=-1 averages ceil(box / output) samples per output pixel: downscaling does not alias.
         return roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)

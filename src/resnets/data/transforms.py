@@ -99,8 +99,9 @@ class DeviceNormalize:
 
 def train_transform(pretrained_cfg: PretrainedCfg, img_size: int | None = None, hflip: float = 0.5,
                     auto_augment: str | None = None, random_erasing: float = 0.0, normalize: bool = True,
-                    ) -> v2.Compose:
+                    crop_scale: float = 0.08) -> v2.Compose:
     """Training augmentation. `auto_augment`: None, "rand" (RandAugment) or "trivial" (TrivialAugmentWide).
+    `crop_scale`: the smallest share of the image's area a RandomResizedCrop keeps (ImageNet's 0.08).
     `normalize=False`: end in uint8, for `DeviceNormalize` (random erasing needs the normalised image)."""
     if auto_augment not in AUTO_AUGMENT:
         raise ConfigError(f"auto_augment {auto_augment!r} is not one of none, rand, trivial")
@@ -113,7 +114,7 @@ def train_transform(pretrained_cfg: PretrainedCfg, img_size: int | None = None, 
         ops += [CapAspect(), v2.Resize(size, interpolation=interp, antialias=True), v2.CenterCrop(size),
                 v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect")]
     else:
-        ops += [v2.RandomResizedCrop(size, interpolation=interp, antialias=True)]
+        ops += [v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), interpolation=interp, antialias=True)]
     if hflip > 0:
         ops.append(v2.RandomHorizontalFlip(hflip))
     if AUTO_AUGMENT[auto_augment] is not None:

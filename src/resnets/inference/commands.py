@@ -9,13 +9,45 @@ from ..data.images import MAX_IMAGE_MB, max_image_bytes
 from ..device import resolve_device
 from ..fileio import atomic_write_bytes
 from ..hub import load_model
+from ..messages import printable
 from ..options import add_device_argument, add_max_image_argument, add_weights_arguments, add_workers_argument
+from ..per_image import DEFAULT_TOP_LOSSES
 from ..reports import format_report
 from .cam import cam_images
-from .evaluate import evaluate_weights
+from .evaluate import EvalSummary, evaluate_weights
 from .export import FORMATS, check_export_output, export_model
 from .outputs import beside_weights, check_output
 from .predict import check_topk, predict_images, predictions_csv
+from .tta import FLIP, FLIP_SIZE, TTAConfig
+
+
+def add_tta_arguments(p: argparse.ArgumentParser, use: str) -> None:
+    p.add_argument("--tta", action="store_true",
+                   help=f"test-time augmentation: the mean probability of each image and its mirror, {use}")
+    p.add_argument("--tta-size", type=int, default=None, metavar="PX",
+                   help="--tta, and both views again resized to PX x PX: can help weights trained with "
+                        "RandomResizedCrop (FixRes: about 1.15 x their training size), rarely pad-and-crop ones")
+
+
+def tta_config(args: argparse.Namespace) -> TTAConfig | None:
+    return TTAConfig(args.tta_size) if args.tta or args.tta_size is not None else None
+
+
+def print_figures(s: EvalSummary) -> None:
+    """Top-1, top-5 and loss, each with the TTA asked for beside it; with a size, the flips alone below."""
+    tta = s.tta.get(FLIP_SIZE) or s.tta.get(FLIP)
+    if tta is None:
+        print(f"top-1 {s.top1:.2f}%  top-5 {s.top5:.2f}%  loss {s.loss:.4f}")
+        return
+    print(f"top-1 {s.top1:.2f}% (TTA: {tta['top1']:.2f}%)  top-5 {s.top5:.2f}% (TTA: {tta['top5']:.2f}%)  "
+          f"loss {s.loss:.4f} (TTA: {tta['loss']:.4f})")
+    if tta["size"] is None:
+        print("TTA: the mean probability of 2 views, image and mirror")
+    else:
+        flip = s.tta[FLIP]
+        print(f"TTA: the mean probability of 4 views, image and mirror at the test size and at {tta['size']}px; "
+              f"the 2 at the test size alone: top-1 {flip['top1']:.2f}%  top-5 {flip['top5']:.2f}%  "
+              f"loss {flip['loss']:.4f}")
 
 
 def add_eval(p: argparse.ArgumentParser) -> None:
@@ -32,6 +64,11 @@ def add_eval(p: argparse.ArgumentParser) -> None:
                    help="unreadable images are skipped and listed in bad_files.csv; a larger share is an error "
                         "[default: 0.01]")
     add_max_image_argument(p, MAX_IMAGE_MB)
+    p.add_argument("--top-losses", type=int, default=DEFAULT_TOP_LOSSES, metavar="N",
+                   help=f"top_losses.png shows the N highest-loss mistakes; 0: none [default: {DEFAULT_TOP_LOSSES}]")
+    p.add_argument("--top-losses-cam", action="store_true",
+                   help="overlay each of them with the Grad-CAM of the class the model predicted")
+    add_tta_arguments(p, "reported beside the plain figures (the files stay the plain model's)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -40,11 +77,15 @@ def run_eval(args: argparse.Namespace) -> int:
     s = evaluate_weights(args.weights, args.data_dir, model_name=args.model, output_dir=args.output,
                          batch_size=args.batch_size, workers=args.workers, device=args.device,
                          img_size=args.img_size, max_bad_fraction=args.max_bad_fraction,
-                         max_image_mb=args.max_image_mb)
+                         max_image_mb=args.max_image_mb, top_losses=args.top_losses,
+                         top_losses_cam=args.top_losses_cam, tta=tta_config(args))
     skipped = f" ({s.unreadable_files:,} unreadable, skipped)" if s.unreadable_files else ""
     print(f"{s.weights} on {s.data_dir}: {s.num_samples:,} images{skipped}")
-    print(f"top-1 {s.top1:.2f}%  top-5 {s.top5:.2f}%  loss {s.loss:.4f}")
+    print_figures(s)
     print(format_report(s.per_class))
+    if s.confused_pairs:
+        print("most confused (true -> predicted): " + ", ".join(
+            f"{printable(p['true'])} -> {printable(p['predicted'])} {p['count']:,}" for p in s.confused_pairs[:5]))
     print(f"wrote {', '.join(s.files.values())}")
     return 0
 
@@ -57,6 +98,8 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=32, help="[default: 32]")
     add_device_argument(p)
     add_max_image_argument(p, MAX_IMAGE_MB)
+    add_tta_arguments(p, "in place of the image's alone; mirrors are wrong for digits and text, so check "
+                         "with `resnets eval --tta` that it helps")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
 
 
@@ -68,7 +111,7 @@ def run_predict(args: argparse.Namespace) -> int:
     model = load_model(args.weights, args.model)
     check_topk(args.topk, model.num_classes)  # before reading any image
     preds = predict_images(model, args.paths, topk=args.topk, batch_size=args.batch_size, device=args.device,
-                           max_image_mb=args.max_image_mb)
+                           max_image_mb=args.max_image_mb, tta=tta_config(args))
     text = predictions_csv(preds)
     if args.output:
         atomic_write_bytes(args.output, text.encode("utf-8"))  # as csv_text made it: CRLF, UTF-8

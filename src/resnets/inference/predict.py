@@ -17,6 +17,7 @@ from ..fileio import csv_text
 from ..messages import Warn, warn
 from .fold import for_inference
 from .images import batched, read_images, require_some
+from .tta import TTAConfig, check_tta, with_tta
 
 DEFAULT_TOPK = 5
 
@@ -39,8 +40,10 @@ def check_topk(topk: int | None, num_classes: int) -> int:
 
 def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int | None = None,
                    batch_size: int = 32, device: str | None = None, max_image_mb: float | None = None,
-                   warn: Warn = warn) -> list[Prediction]:
+                   warn: Warn = warn, tta: TTAConfig | None = None) -> list[Prediction]:
     """Top-k predictions for every readable image among `paths` (files or folders), in input order.
+
+    `tta`: average the probabilities over the image and its mirror, and `tta.size` views (`inference/tta.py`).
 
     Unreadable files, special files (a FIFO, a device) and files over `max_image_mb` MiB (default:
     `MAX_IMAGE_MB`) are skipped through `warn`; DataError when no image could be read.
@@ -50,16 +53,17 @@ def predict_images(model: nn.Module, paths: Sequence[str | Path], *, topk: int |
     dev = resolve_device(device)
     check_activation_memory(model, tuple(model.pretrained_cfg.for_eval().input_size[1:]), batch_size, dev,
                             what="the weights' input_size", size_flag=None)
+    check_tta(model, tta, model.pretrained_cfg.for_eval().input_size, batch_size, dev)
     names = model.labels()
     transform = eval_transform(model.pretrained_cfg.for_eval())  # a published set's test size and crop
     model.eval().to(dev)  # outside inference mode, so the model stays usable for training or Grad-CAM
-    forward = model
+    forward = with_tta(model, tta, model.pretrained_cfg.interpolation)
     out: list[Prediction] = []
     for i, (files, images) in enumerate(batched(read_images(paths, transform, warn, max_bytes), batch_size)):
         if i == 1:
             # From the second batch on, the BN-folded copy on the CPU: folding (about 0.4 s for ResNet-50)
             # costs more than it saves on one batch of images.
-            forward = for_inference(model, dev)
+            forward = with_tta(for_inference(model, dev), tta, model.pretrained_cfg.interpolation)
         with torch.inference_mode():
             probs = forward(images.to(dev)).float().softmax(dim=1)  # (B, num_classes)
         top = probs.topk(k, dim=1)

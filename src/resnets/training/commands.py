@@ -1,12 +1,25 @@
-"""`resnets train`: flags map one to one onto TrainConfig fields."""
+"""`resnets train` and `resnets lr-find`: flags map one to one onto TrainConfig fields."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from typing import Any
 
-from ..errors import RunStopped
-from .config import add_arguments, overrides_from_args
+import numpy as np
+
+from ..data.bad_files import BadFiles
+from ..device import default_workers, resolve_device
+from ..errors import ConfigError, RunStopped
+from ..fileio import check_writable
+from .config import TrainConfig, add_arguments, make_config, overrides_from_args
+from .distributed import Distributed
+from .finetune import head_only
+from .lr_find import LrFind, find_lr, lr_option, plot_lr_find, sweep_config, sweep_steps
+from .run import (adapt_to_data, build_training_model, fetch_pretrained, load_data, make_loaders, resolve_precision,
+                  set_process_switches, set_transforms, training_pretrained_cfg)
+from .step import make_train_step
 from .trainer import train
 
 
@@ -31,4 +44,63 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": (add_train, run_train)}
+def add_lr_find(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("The learning-rate range test (Smith 2017, fastai's lr_find): train from the starting "
+                          "weights for a few steps with the lr growing exponentially to 10, plot the loss against "
+                          "the lr and suggest one: a tenth of the lr where the loss is lowest. Takes the options of "
+                          "`resnets train` (the lr's own aside) and writes no run folder; `resnets train --lr auto` "
+                          "runs the same test at its start.")
+    add_arguments(parser)
+    # --output here is the plot: train's --output (the folder of run folders) means nothing without a run folder.
+    # "resolve" takes the flag from train's option (a YAML `output:` still sets that one, unused).
+    parser.conflict_handler = "resolve"  # read by the groups made from here on
+    sweep = parser.add_argument_group("range test")
+    sweep.add_argument("--output", dest="plot", default="lr_find.png", metavar="FILE.png",
+                       help="the plot of loss against lr [default: lr_find.png]")
+    sweep.add_argument("--steps", type=int, default=None, metavar="N",
+                       help="optimizer steps of the sweep (it stops early once the loss diverges) [default: 100, or "
+                            "fewer when --epochs of the data are fewer steps, at least 50]")
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    plot, steps = args.plot, args.steps
+    overrides = {k: v for k, v in overrides_from_args(args).items() if k not in ("plot", "steps")}
+    if steps is not None and steps < 2:
+        raise ConfigError(f"--steps must be >= 2, got {steps}")
+    check_writable(plot, "--output")  # now, not after the sweep
+    found, cfg = lr_find(overrides, steps)
+    plot_lr_find(found, plot, title=f"{cfg.model} on {cfg.dataset}: {cfg.opt}, batch {cfg.batch_size}")
+    given = lr_option(found.suggestion, cfg, world_size=1)
+    scaled = f"; --lr {given:.3g} with --scale-lr {cfg.scale_lr}" if given != found.suggestion else ""
+    print(f"suggested lr {found.suggestion:.3g} ({found.reason}){scaled}")
+    print(plot)
+    return 0
+
+
+def lr_find(overrides: dict[str, Any], steps: int | None = None) -> tuple[LrFind, TrainConfig]:
+    """The range test of the run `overrides` would start (build_run's data, recipe, model, loader and step, in one
+    process, without a run folder): the sweep, and the config it swept with."""
+    cfg = make_config(overrides).resolved()
+    if cfg.resume:
+        raise ConfigError("lr-find tests the lr of a new run; a resumed run keeps its own: drop --resume")
+    device, ctx = resolve_device(cfg.device), Distributed()
+    cfg = cfg if cfg.workers is not None else dataclasses.replace(cfg, workers=default_workers(device.type))
+    set_process_switches(cfg, ctx.rank)
+    amp, channels_last = resolve_precision(cfg, device)
+    pretrained = fetch_pretrained(cfg, ctx) if cfg.pretrained else None
+    splits = load_data(cfg)
+    # the recipe chooses batch, optimizer and augmentation as for the run; the lr is what the sweep is for
+    cfg, _ = adapt_to_data(cfg, set(overrides) | {"lr"}, splits, pretrained, ctx)
+    pretrained_cfg = training_pretrained_cfg(cfg, pretrained)
+    set_transforms(splits, cfg, pretrained_cfg)
+    model = build_training_model(cfg, splits, pretrained_cfg, ctx, device, channels_last, pretrained)
+    bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction)
+    train_loader, _, sampler = make_loaders(cfg, splits, pretrained_cfg, device, ctx, bad_files)
+    class_counts = np.bincount(splits.train_labels, minlength=len(splits.class_names)).tolist()
+    step = make_train_step(model, sweep_config(cfg), pretrained_cfg, device, amp, channels_last, ctx, class_counts)
+    found = find_lr(step, train_loader, sampler, sweep_steps(len(train_loader), cfg.epochs, steps),
+                    classifier_only=head_only(cfg, epoch=1))
+    return found, cfg
+
+
+COMMANDS = {"train": (add_train, run_train), "lr-find": (add_lr_find, run_lr_find)}

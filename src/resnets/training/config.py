@@ -26,6 +26,7 @@ GROUPS = [("data", "data"), ("model", "model"), ("optimisation", "optimisation")
           ("hardware", "hardware and speed"), ("checkpoints", "run folder, checkpoints and reproducibility"),
           ("distributed", "several processes (torchrun; -b is per process)"), ("logging", "logging")]
 MAX_WORKERS = 512
+AUTO_LR = "auto"  # --lr auto: the range test picks it when the run starts (lr_find.py)
 IMBALANCE = ("none", "weights", "sampler")  # --imbalance: class-weighted loss (step.py), balanced sampling (run.py)
 
 
@@ -59,12 +60,22 @@ class TrainConfig:
     num_classes: int | None = option(None, "must agree with the data when given (default: the data's classes)",
                                      group="model")
     freeze_backbone: bool = option(False, "train only the classifier (BatchNorm statistics frozen too)", group="model")
+    head_epochs: int = option(0, "train only the classifier for the first N epochs (as --freeze-backbone), then the "
+                                 "whole model", group="model")
     img_size: int | None = option(None, "square training and validation size (default: the model's input size)",
                                   group="model", metavar="PX")
     drop_path_rate: float = option(0.0, "stochastic depth at the last block, rising linearly to it", group="model")
+    recipe: str = option("auto", "auto: choose batch, lr, warm-up, augmentation, label smoothing, EMA and the "
+                                  "training size from the data, the model and the epochs (printed at the start, "
+                                  "written to config.yaml; options given win); imagenet: the defaults listed here, "
+                                  "ImageNet's", group="optimisation", choices=("auto", "imagenet"))
     epochs: int = option(8, "epochs to train", group="optimisation")
     batch_size: int = option(64, "images per step and process", group="optimisation", short="-b")
-    lr: float = option(0.1, "peak learning rate (after the warm-up)", group="optimisation")
+    lr: float | str = option(0.1, "peak learning rate (after the warm-up), or auto: the one the learning-rate range "
+                                  "test suggests (`resnets lr-find`)", group="optimisation", metavar="LR|auto")
+    layer_decay: float | None = option(None, "layer-wise lr decay F: the head at --lr, each stage before it (layer4 "
+                                             "... layer1, then the stem) at F times the next one's (default: off)",
+                                       group="optimisation", metavar="F")
     weight_decay: float = option(5e-4, "L2 penalty on conv and linear weights (not on BN parameters or biases)",
                                  group="optimisation")
     opt: str = option("sgd", "optimizer", group="optimisation", choices=tuple(OPTIMIZERS))
@@ -91,6 +102,8 @@ class TrainConfig:
                                        "no 2)", group="augmentation")
     auto_augment: str | None = option(None, "RandAugment or TrivialAugmentWide (default: none)", group="augmentation",
                                       choices=tuple(AUTO_AUGMENT))
+    crop_scale: float = option(0.08, "smallest share of the image's area a random crop keeps (images over 64 px; "
+                                      "smaller ones are padded and cropped)", group="augmentation")
     random_erasing: float = option(0.0, "probability of erasing a random rectangle", group="augmentation")
     mixup: float = option(0.0, "alpha of MixUp's Beta(alpha, alpha) (0: off)", group="augmentation")
     cutmix: float = option(0.0, "alpha of CutMix's Beta(alpha, alpha) (0: off)", group="augmentation")
@@ -176,18 +189,22 @@ def _check_ranges(cfg: TrainConfig) -> None:
     rules = [
         (("epochs", "batch_size", "accum_steps", "keep_checkpoints", "lr_base_batch", "decay_epochs", "max_image_mb"),
          lambda v: v >= 1, "must be >= 1"),
-        (("workers", "patience", "checkpoint_every", "skip_nonfinite"), lambda v: v is None or v >= 0, "must be >= 0"),
+        (("workers", "patience", "checkpoint_every", "skip_nonfinite", "head_epochs"), lambda v: v is None or v >= 0,
+         "must be >= 0"),
         # a process each: more than any machine has cores is a typo (or a crafted checkpoint), not a setting
         (("workers",), lambda v: v is None or v <= MAX_WORKERS, f"must be <= {MAX_WORKERS}"),
         (("hflip", "random_erasing", "label_smoothing"), lambda v: v is None or 0.0 <= v <= 1.0, "must be in [0, 1]"),
-        (("lr", "decay_rate", "dist_timeout", "ddp_bucket_mb"), lambda v: 0 < v < math.inf,
-         "must be a finite number > 0"),
+        (("lr",), lambda v: v == AUTO_LR or not isinstance(v, str) and 0 < v < math.inf,
+         f"must be {AUTO_LR} or a finite number > 0"),
+        (("decay_rate", "dist_timeout", "ddp_bucket_mb"), lambda v: 0 < v < math.inf, "must be a finite number > 0"),
         (("weight_decay", "momentum", "clip_grad", "mixup", "cutmix", "warmup_epochs"), lambda v: 0 <= v < math.inf,
          "must be a finite number >= 0"),
         (("max_bad_fraction", "drop_path_rate", "ema_decay"), lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+        (("crop_scale",), lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
         (("seed",), lambda v: 0 <= v < 2**64, "must be in [0, 2**64)"),  # torch.manual_seed's range
         (("img_size",), lambda v: v is None or v >= 1, "must be >= 1"),
         (("val_fraction",), lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
+        (("layer_decay",), lambda v: v is None or 0.0 < v <= 1.0, "must be in (0, 1]"),
     ]
     for keys, ok, what in rules:
         for key in keys:
@@ -220,6 +237,15 @@ def _check_combinations(cfg: TrainConfig) -> None:
          f"--compile-mode default"),
         # torch's reducer asserts on the first no_sync backward in static-graph mode and, past that, stops
         # all-reducing (pytorch/pytorch#187732, open)
+        (cfg.head_epochs and cfg.freeze_backbone,
+         "--freeze-backbone trains only the classifier throughout: drop --head-epochs (or --freeze-backbone)"),
+        (cfg.head_epochs >= cfg.epochs, f"--head-epochs {cfg.head_epochs} leaves no epoch of --epochs {cfg.epochs} "
+                                        f"to train the whole model: lower it (or use --freeze-backbone)"),
+        (cfg.layer_decay not in (None, 1.0) and cfg.freeze_backbone,
+         "--layer-decay slows the backbone, which --freeze-backbone does not train: drop one"),
+        # the step after the head epochs gives gradients to parameters that had none before
+        (cfg.head_epochs and cfg.ddp_static_graph,
+         "--ddp-static-graph needs the same parameters trained every step, --head-epochs changes them: drop one"),
         (cfg.ddp_static_graph and cfg.accum_steps > 1,
          "--ddp-static-graph cannot accumulate gradients (DDP's static graph breaks under no_sync): drop "
          "--accum-steps or --ddp-static-graph"),
@@ -241,6 +267,7 @@ class Recorded:
     global_batch: int
     resolved_lr: float
     elastic_run_id: str | None  # torchrun's job id: a restarted attempt finds its run by it
+    recipe_choices: str = ""  # what --recipe auto chose, as printed at the start
 
 
 RECORDED_KEYS = tuple(f.name for f in dataclasses.fields(Recorded))

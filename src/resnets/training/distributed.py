@@ -174,14 +174,16 @@ def init_distributed(device: str, timeout_s: float) -> tuple[Distributed, torch.
 
 
 def wrap_model(model: nn.Module, ctx: Distributed, device: torch.device, bucket_mb: float,
-               static_graph: bool) -> nn.Module:
-    """The DDP wrapper that averages gradients during backward (the model itself when alone)."""
+               static_graph: bool, find_unused: bool = False) -> nn.Module:
+    """The DDP wrapper that averages gradients during backward (the model itself when alone). `find_unused`:
+    some steps leave parameters without a gradient (--head-epochs freezes the backbone for a while); DDP then
+    looks for them in each step's graph, and leaves their .grad None, or it would wait for them forever."""
     if not ctx.enabled:
         return model
     # Gradients as views into the communication buckets: no second copy of every gradient, and no
     # copy-in before each all-reduce.
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=bucket_mb,
-               gradient_as_bucket_view=True, static_graph=static_graph)
+               gradient_as_bucket_view=True, static_graph=static_graph, find_unused_parameters=find_unused)
 
 
 def convert_sync_bn(model: nn.Module, ctx: Distributed, device: torch.device) -> nn.Module:

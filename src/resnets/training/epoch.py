@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from ..errors import TrainingError
 from ..messages import warn
 from .config import TrainConfig
+from .finetune import head_only, set_trainable
 from .optim import lr_factor, set_lr
 from .step import BatchNormStatistics, TrainStep
 
@@ -144,14 +144,6 @@ class StepAccounting:
         return due
 
 
-def _train_mode(model: nn.Module, freeze_backbone: bool) -> None:
-    """Train mode; with a frozen backbone its BatchNorm statistics are frozen too (those layers stay in eval)."""
-    model.train()
-    for m in model.modules() if freeze_backbone else ():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progress: Progress,
                     checkpoint: Callable[[], None], batches_per_epoch: int,
                     stop: Callable[[int], bool] | None = None) -> dict[str, float]:
@@ -164,7 +156,7 @@ def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progres
     batch's numbers reach the host one batch late, read once the next batch's work is queued, so the GPU
     always has a step to run while the host waits. A non-finite loss skips its whole accumulation cycle."""
     ctx = step.dist
-    _train_mode(step.model, cfg.freeze_backbone)
+    set_trainable(step.model, head_only(cfg, progress.epoch))  # --freeze-backbone, --head-epochs
     # Only a run that survives a non-finite step needs its BN statistics guarded; without --skip-nonfinite
     # it stops there.
     bn_statistics = BatchNormStatistics(step.model) if cfg.skip_nonfinite else None

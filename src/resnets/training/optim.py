@@ -11,13 +11,38 @@ if TYPE_CHECKING:  # for annotations only: the config lists this module's tables
     from .config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """The trainable parameters in groups, from the input to the head: weight decay on conv and linear weights
+    only, and with `layer_decay` F each group's "lr_scale" (applied by `set_lr`): 1 for the head, F^k for the
+    stage k stages before it (`stage_depths`). Without it, two groups: decayed, not decayed."""
     # No weight decay on BN parameters and biases: decaying them only hurts (Goyal et al. 2017, timm default).
-    decay, no_decay = [], []
-    for p in model.parameters():
+    depths = stage_depths(model) if layer_decay is not None and layer_decay != 1.0 else None
+    head = max(depths.values(), default=0) if depths else 0
+    groups = {(depth, decays): {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                "lr_scale": layer_decay ** (head - depth) if depths else 1.0}
+              for depth in range(head + 1) for decays in (True, False)}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups[(depths[name] if depths else 0, p.ndim > 1)]["params"].append(p)
+    return list(groups.values())
+
+
+def stage_depths(model: nn.Module) -> dict[str, int]:
+    """Each parameter's depth: 0 for the stem, k for the k-th stage (`feature_info`'s modules that have
+    parameters: layer1..4, layer1..3 for the CIFAR nets), one more for the classifier and anything after the
+    last stage. Whole stages rather than timm's single blocks (its ResNet `group_matcher(coarse=False)`), so
+    that a decay means the same for ResNet-18 (8 blocks) and ResNet-152 (50: 0.9^51 = 0.5% at the stem)."""
+    stages = [info["module"] for info in model.feature_info
+              if any(True for _ in model.get_submodule(info["module"]).parameters())]
+    head = {id(p) for p in model.get_classifier().parameters()}
+    depths: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        stage = next((k for k, s in enumerate(stages, 1) if name.startswith(f"{s}.")), None)
+        if id(p) in head or stage is None and any(depths.values()):  # the classifier, or after the stages
+            depths[name] = len(stages) + 1
+        else:
+            depths[name] = stage or 0
+    return depths
 
 
 def fused_optimizer(cls: type[torch.optim.Optimizer], params: Iterable, **kwargs) -> torch.optim.Optimizer:
@@ -88,7 +113,7 @@ OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer (fused where torch can); its lr is set before every step by `set_lr`."""
-    return OPTIMIZERS[cfg.opt](param_groups(model, cfg.weight_decay), cfg)
+    return OPTIMIZERS[cfg.opt](param_groups(model, cfg.weight_decay, cfg.layer_decay), cfg)
 
 
 def _cosine(epoch: float, cfg: TrainConfig) -> float:
@@ -131,5 +156,11 @@ def scaled_lr(cfg: TrainConfig, global_batch: int) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
+    """Every group's lr: the schedule's, times the group's own scale (--layer-decay)."""
     for group in optimizer.param_groups:
-        group["lr"] = base_lr * factor
+        group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)
+
+
+def head_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The rate of the groups at full scale (the head's, with --layer-decay): the schedule's own, as logged."""
+    return max(group["lr"] for group in optimizer.param_groups)

@@ -28,9 +28,11 @@ from ..models import build_model, get_config
 from ..models.pretrained_cfg import PretrainedCfg
 from ..models.resnet import check_img_size
 from .checkpoint import rng_state, seed_everything
-from .config import Recorded, TrainConfig
+from .config import AUTO_LR, Recorded, TrainConfig
 from .distributed import Distributed, convert_sync_bn, elastic_run_id
 from .epoch import Progress
+from .lr_find import resolve_auto_lr
+from .recipe import DataFacts, Recipe, choose_recipe
 from .resume import Resumed, checkpoint_state, data_identity, locate_resume
 from .run_dir import RunDir
 from .sampling import EpochSampler, SeededItems
@@ -59,6 +61,7 @@ class Run:
     stop_signum: int = 0  # the signal the processes agreed to stop for
     saved_at: tuple[int, int] | None = None  # (epoch, samples_in_epoch) of the newest checkpoint
     data: dict[str, Any] = field(default_factory=dict)  # the data's identity, in every checkpoint (resume.py)
+    recipe: str = ""  # what --recipe auto chose, in a line (recipe.py); a resumed run's from its config.yaml
 
     def stopped_early(self) -> bool:
         """--patience epochs without a better val top-1 (a resumed run that had stopped so stays stopped)."""
@@ -104,15 +107,19 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
     """The run `cfg` asks for: a new one, or the one a checkpoint continues (`explicit`: the options the user
     gave, which a resume applies where it may). `stop`: the signals' handler the run answers to."""
     resumed = locate_resume(cfg, ctx)
-    if resumed is not None:
-        cfg = resumed.config(cfg, explicit)
+    if resumed is not None:  # --lr auto again (a torchrun restart, `-c` of its config.yaml): the lr the run found
+        cfg = resumed.config(cfg, explicit - {"lr"} if cfg.lr == AUTO_LR else explicit)
     if cfg.workers is None:
         cfg = dataclasses.replace(cfg, workers=default_workers(device.type))
     set_process_switches(cfg, ctx.rank)
     amp, channels_last = resolve_precision(cfg, device)
     pretrained = fetch_pretrained(cfg, ctx) if cfg.pretrained and resumed is None else None
+    splits = load_data(cfg)
+    recipe = Recipe(cfg.recipe)
+    if resumed is None:  # a resumed run keeps the options its checkpoint holds, the recipe's choices among them
+        cfg, recipe = adapt_to_data(cfg, explicit, splits, pretrained, ctx)
     pretrained_cfg = training_pretrained_cfg(cfg, pretrained)
-    splits = build_data(cfg, pretrained_cfg)
+    set_transforms(splits, cfg, pretrained_cfg)
     data = data_identity(splits, cfg.data_dir)
     if resumed is not None:
         resumed.check_data(data, cfg)
@@ -121,6 +128,10 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
                          **({} if ctx.is_main else {"warn": lambda message: None}))  # rank 0 reports the united list
     train_loader, val_loader, sampler = make_loaders(cfg, splits, pretrained_cfg, device, ctx, bad_files)
     class_counts = np.bincount(splits.train_labels, minlength=len(splits.class_names)).tolist()
+    asked_lr = cfg.lr  # config.yaml keeps `lr: auto` as given; its resolved_lr says what it became
+    cfg = resolve_auto_lr(cfg, ctx, train_loader, sampler, lambda sweep_cfg: make_train_step(
+        model, sweep_cfg, pretrained_cfg, device, amp, channels_last, ctx, class_counts),
+        resumed_from=resumed.file if resumed is not None else None)
     step = make_train_step(model, cfg, pretrained_cfg, device, amp, channels_last, ctx, class_counts)
     progress, history = Progress(), []
     if resumed is not None:
@@ -135,16 +146,18 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
         run = Run(cfg=cfg, ctx=ctx, splits=splits, step=step, train_loader=train_loader, val_loader=val_loader,
                   sampler=sampler, bad_files=bad_files, run_dir=run_dir, batches_per_epoch=len(train_loader),
                   progress=progress, history=history, stop=stop or StopRequest(),
-                  data=data,
+                  data=data, recipe=recipe.summary() if resumed is None else run_dir.recorded_recipe(),
                   saved_at=(progress.epoch, progress.samples_in_epoch) if resumed is not None else None)
         if ctx.is_main:
-            _start_run_dir(run, device, amp, channels_last, pretrained_cfg)
+            _start_run_dir(run, device, amp, channels_last, pretrained_cfg, asked_lr)
     except BaseException:
         if run_dir is not None:
             run_dir.release()
         raise
     if resumed is not None:
         _say_resumed(resumed, progress, splits, ctx)
+    else:  # said once the run is built: a mistake found on the way stays the one line printed
+        run.say(run.recipe)
     run.say(f"{splits.description}; model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) "
             f"on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}, amp {amp}")
     return run
@@ -164,13 +177,13 @@ def _say_resumed(resumed: Resumed, progress: Progress, splits: DataSplits, ctx: 
 
 
 def _start_run_dir(run: Run, device: torch.device, amp: str, channels_last: bool,
-                   pretrained_cfg: PretrainedCfg) -> None:
+                   pretrained_cfg: PretrainedCfg, asked_lr: float | str) -> None:
     """config.yaml, the bad-file list and TensorBoard of a run about to train (rank 0)."""
     cfg = run.cfg
-    run.run_dir.write_config(cfg.to_dict(), Recorded(
+    run.run_dir.write_config({**cfg.to_dict(), "lr": asked_lr}, Recorded(
         resolved_device=str(device), resolved_amp=amp, resolved_channels_last=channels_last,
         world_size=run.ctx.world_size, global_batch=cfg.batch_size * run.ctx.world_size,
-        resolved_lr=run.step.base_lr, elastic_run_id=elastic_run_id()))
+        resolved_lr=run.step.base_lr, elastic_run_id=elastic_run_id(), recipe_choices=run.recipe))
     run.bad_files.attach(run.run_dir.bad_files_csv)
     if cfg.log_tensorboard:
         run.run_dir.open_tensorboard(run.step.model, torch.zeros((1, *pretrained_cfg.input_size), device=device))
@@ -196,18 +209,41 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[str, bool
 
 
 def build_data(cfg: TrainConfig, pretrained_cfg: PretrainedCfg) -> DataSplits:
-    """Train/val splits whose items stay uint8 (normalised on the device by `DeviceNormalize`), unless
-    random erasing, which works on the normalised image, asks for normalising in the workers."""
-    in_workers = cfg.random_erasing > 0
-    train = train_transform(pretrained_cfg, cfg.img_size, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
-                            random_erasing=cfg.random_erasing, normalize=in_workers)
+    """The train/val splits of `cfg` with their transforms (`load_data`, then `set_transforms`)."""
+    splits = load_data(cfg)
+    set_transforms(splits, cfg, pretrained_cfg)
+    return splits
+
+
+def load_data(cfg: TrainConfig) -> DataSplits:
+    """Train/val splits without transforms yet: the recipe looks at the data before the transforms are chosen."""
     splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                         train_transform=train, eval_transform=eval_transform(pretrained_cfg, cfg.img_size,
-                                                                              normalize=False),
                          download=cfg.download, max_image_mb=cfg.max_image_mb)
     if cfg.num_classes is not None and cfg.num_classes != len(splits.class_names):
         raise ConfigError(f"--num-classes {cfg.num_classes} but the data has {len(splits.class_names)} classes")
     return splits
+
+
+def set_transforms(splits: DataSplits, cfg: TrainConfig, pretrained_cfg: PretrainedCfg) -> None:
+    """Training augmentation and evaluation preprocessing onto the splits. Items stay uint8 (normalised on the
+    device by `DeviceNormalize`), unless random erasing, which works on the normalised image, asks for
+    normalising in the workers."""
+    in_workers = cfg.random_erasing > 0
+    splits.train.transform = train_transform(pretrained_cfg, cfg.img_size, hflip=cfg.hflip,
+                                             auto_augment=cfg.auto_augment, random_erasing=cfg.random_erasing,
+                                             normalize=in_workers, crop_scale=cfg.crop_scale)
+    splits.val.transform = eval_transform(pretrained_cfg, cfg.img_size, normalize=False)
+
+
+def adapt_to_data(cfg: TrainConfig, explicit: set[str], splits: DataSplits, pretrained: Pretrained | None,
+                  ctx: Distributed) -> tuple[TrainConfig, Recipe]:
+    """--recipe auto: the options chosen for this data, model and run (recipe.py); `Recipe.summary()` says them."""
+    input_side = get_config(cfg.model).default_pretrained_cfg().input_size[-1]
+    recipe = choose_recipe(cfg, explicit, DataFacts.of(splits), input_side, pretrained is not None,
+                           ctx.world_size)
+    cfg = recipe.apply(cfg)
+    cfg.validate()
+    return cfg, recipe
 
 
 def fetch_pretrained(cfg: TrainConfig, ctx: Distributed) -> Pretrained:
@@ -287,7 +323,7 @@ def make_loaders(cfg: TrainConfig, splits: DataSplits, pretrained_cfg: Pretraine
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
                   generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate_skipping,
                   worker_init_fn=own_process_group)
-    augment = DeviceAugment(pretrained_cfg, image_size(pretrained_cfg, cfg.img_size), cfg.hflip)
+    augment = DeviceAugment(pretrained_cfg, image_size(pretrained_cfg, cfg.img_size), cfg.hflip, cfg.crop_scale)
     train_loader: Iterable
     if store is not None:
         train_loader = DeviceLoader(store, sampler, cfg.batch_size, augment, drop_last, bad_files)

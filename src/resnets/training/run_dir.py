@@ -8,6 +8,8 @@
     checkpoint-E-S.pt      what --resume continues from (the newest --keep-checkpoints)
     bad_files.csv          unreadable images, with the reason
     metrics.json, per_class.csv, confusion_matrix.csv/.png   the final report of the best weights
+    predictions.csv, top_losses.png   every val image's prediction and loss; the worst mistakes
+    report.html            all of it on one self-contained page (`resnets report` rebuilds it)
     .lock                  held by the process writing into the folder (its pid inside)
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import os
 import stat
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,9 @@ from ..errors import ConfigError, TrainingError
 from ..evaluation import EvalResult
 from ..fileio import atomic_copy, atomic_write_csv, atomic_write_json, atomic_write_text
 from ..models.weights import RUN_WEIGHTS, save_weights
+from ..messages import warn
+from ..per_image import PREDICTIONS_CSV, TOP_LOSSES_PNG, EvaluatedItems, confused_pairs, write_per_image
+from ..report_page import write_report_page
 from ..reports import write_class_reports
 from .checkpoint import abandon_newer_checkpoints, remove_stray_temp_files, save_checkpoint
 from .config import Recorded
@@ -67,6 +73,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
+# Drawing curves.png takes ~0.2 s (matplotlib, 2-core CPU): after every epoch it was 5-10% of a short run's time
+# (BENCHMARKS.md, "Time to accuracy on small folders"). Redrawn at most this often, and at the run's end.
+CURVES_EVERY_S = 30.0
+
+
 class RunDir:
     """A run folder and its writers. `tensorboard` is set by `open_tensorboard`; the writing process holds
     the folder's lock (`acquire`) from its start until `release`."""
@@ -76,6 +87,8 @@ class RunDir:
         self.tensorboard: Any = None
         self._lock_fd: int | None = None
         self._identity: tuple[int, int] | None = None
+        self._curves: tuple[list[dict[str, Any]], str] | None = None  # history not yet drawn, and its title
+        self._curves_drawn_at = time.monotonic()
 
     def acquire(self) -> "RunDir":
         """Take the folder's advisory lock, or ConfigError naming the process that holds it: two runs writing
@@ -161,6 +174,15 @@ class RunDir:
         text = yaml.safe_dump({**options, **dataclasses.asdict(recorded)}, sort_keys=False)
         atomic_write_text(self.path / "config.yaml", text)
 
+    def recorded_recipe(self) -> str:
+        """The recipe line config.yaml recorded when the run started ("" if none): a resume rewrites the file."""
+        try:
+            recorded = yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return ""
+        value = recorded.get("recipe_choices") if isinstance(recorded, dict) else None
+        return value if isinstance(value, str) else ""
+
     def open_tensorboard(self, model: nn.Module, example: torch.Tensor) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter  # an optional extra
@@ -184,26 +206,49 @@ class RunDir:
         return save_checkpoint(self.path, state, keep)
 
     def write_epoch(self, history: list[dict[str, Any]], title: str) -> None:
-        """summary.csv and curves.png of every epoch so far; the newest epoch's scalars to TensorBoard."""
+        """summary.csv of every epoch so far, and curves.png at most every CURVES_EVERY_S (and at `close`); the
+        newest epoch's scalars to TensorBoard."""
         self.check_present()
         table = [SUMMARY_FIELDS, *([row.get(k, "") for k in SUMMARY_FIELDS] for row in history)]
         atomic_write_csv(self.path / "summary.csv", table, float_format=".6g")
-        plot_curves(history, self.path / "curves.png", title=title)
+        self._curves = (list(history), title)
+        if time.monotonic() - self._curves_drawn_at >= CURVES_EVERY_S:
+            self.draw_curves()
         if self.tensorboard is not None:
             row = history[-1]
             for key in TENSORBOARD_SCALARS:
                 self.tensorboard.add_scalar(key.replace("_", "/", 1), row[key], row["epoch"])
 
+    def draw_curves(self) -> None:
+        """curves.png of the history `write_epoch` last saw, if not drawn yet."""
+        if self._curves is not None:
+            self.check_present()
+            plot_curves(self._curves[0], self.path / "curves.png", title=self._curves[1])
+            self._curves, self._curves_drawn_at = None, time.monotonic()
+
     def close(self) -> None:
+        """The writers' end: the curves drawn up to the last epoch, TensorBoard closed."""
+        self.draw_curves()
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
 
-    def write_report(self, metrics: dict[str, Any], result: EvalResult, class_names: list[str]) -> dict[str, Any]:
-        """The final report of the best weights: per-class CSV, confusion matrix, then metrics.json (last: its
-        presence means the run finished). Returns the metrics with the per-class rows."""
+    def write_report(self, metrics: dict[str, Any], result: EvalResult, class_names: list[str],
+                     items: EvaluatedItems | None = None, title: str = "") -> dict[str, Any]:
+        """The final report of the best weights: per-class CSV, confusion matrix, with `items` (and a result that
+        kept its losses) predictions.csv and top_losses.png, then metrics.json (its presence means the run
+        finished) and report.html. Returns the metrics with the per-class rows and the most-confused pairs."""
         self.check_present()
-        rows, _ = write_class_reports(result.targets.tolist(), result.predictions.tolist(), class_names, self.path)
-        metrics = {**metrics, "per_class": rows}
+        rows, cm = write_class_reports(result.targets.tolist(), result.predictions.tolist(), class_names, self.path)
+        if items is not None and result.losses is not None:
+            if len(items.names) == result.num_samples:
+                write_per_image(self.path, result, items, class_names, title=title)
+            else:  # another process met a broken file in the last pass that this one has not heard of
+                warn(f"no {PREDICTIONS_CSV}: {len(items.names):,} val images known readable but "
+                     f"{result.num_samples:,} evaluated")
+                for stale in (PREDICTIONS_CSV, TOP_LOSSES_PNG):  # an earlier finish's, of other weights
+                    (self.path / stale).unlink(missing_ok=True)
+        metrics = {**metrics, "per_class": rows, "confused_pairs": confused_pairs(cm, class_names)}
         atomic_write_json(self.path / REPORT_FILE, metrics)
+        write_report_page(self.path, "run")
         return metrics

@@ -170,7 +170,8 @@ def wrap_step(step: TrainStep, cfg: TrainConfig, device: torch.device) -> TrainS
     kept across runs). Wrapped once the weights are final: DDP starts every process from rank 0's."""
     ddp = None
     if step.dist.enabled:
-        ddp = wrap_model(step.model, step.dist, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph)
+        ddp = wrap_model(step.model, step.dist, device, cfg.ddp_bucket_mb, cfg.ddp_static_graph,
+                         find_unused=cfg.head_epochs > 0)
     step_model = step.model if ddp is None else ddp
     if cfg.compile:
         keep_compile_cache(cfg.cache_dir)

@@ -18,9 +18,11 @@ from ..errors import DataError
 from ..evaluation import EvalResult, evaluate, merge_results
 from ..fileio import check_writable
 from ..models.weights import load_weights
+from ..per_image import evaluated_items
 from .config import TrainConfig, make_config
 from .distributed import init_distributed
 from .epoch import train_one_epoch
+from .optim import head_lr
 from .run import Run, build_run
 from .run_dir import BEST
 from .stopping import StopRequest
@@ -80,7 +82,7 @@ def fit(run: Run) -> RunResult:
         t_eval = time.perf_counter()
         val = validate(run)
         row = dict(epoch=epoch, **stats, val_loss=val.loss, val_top1=val.top1, val_top5=val.top5,
-                   lr=run.step.optimizer.param_groups[0]["lr"], seconds=progress.seconds + time.perf_counter() - t_eval)
+                   lr=head_lr(run.step.optimizer), seconds=progress.seconds + time.perf_counter() - t_eval)
         improved = end_epoch(run, row)
         run.say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} top1 {row['train_top1']:6.2f}  "
                 f"val loss {val.loss:.4f} top1 {val.top1:6.2f} top5 {val.top5:6.2f}  lr {row['lr']:.2e}  "
@@ -115,11 +117,11 @@ def share_bad_files(run: Run) -> None:
         bad_files.report()
 
 
-def evaluate_shards(run: Run) -> EvalResult:
+def evaluate_shards(run: Run, keep_losses: bool = False) -> EvalResult:
     """Every process evaluates its shard; the parts add up to one result on every process."""
     step = run.step
     part = evaluate(step.eval_model, run.val_loader, step.device, step.amp, normalize=step.normalize,
-                    allow_empty=True)
+                    allow_empty=True, keep_losses=keep_losses)
     result = merge_results(run.ctx.gather(part)) if run.ctx.enabled else part
     if result.num_samples == 0:
         raise ValueError("evaluation set is empty")
@@ -168,7 +170,7 @@ def finish(run: Run) -> RunResult:
     if ctx.is_main:
         load_weights(step.eval_model, run.run_dir.path / BEST)
     ctx.broadcast_module(step.eval_model)
-    final = evaluate_shards(run)
+    final = evaluate_shards(run, keep_losses=True)  # 8 bytes an image more: predictions.csv and the top losses
     class_names = list(run.splits.class_names)
     metrics = dict(best_top1=progress.best_top1, best_epoch=progress.best_epoch, best_top5=final.top5,
                    best_val_loss=final.loss, epochs_run=len(run.history), global_steps=progress.global_step,
@@ -177,5 +179,7 @@ def finish(run: Run) -> RunResult:
                    world_size=ctx.world_size, total_seconds=sum(r["seconds"] for r in run.history),
                    unreadable_files=len(run.bad_files))
     if ctx.is_main:
-        metrics = run.run_dir.write_report(metrics, final, class_names)
+        items = evaluated_items(run.splits.val, skipped=run.bad_files.reasons, world_size=ctx.world_size)
+        metrics = run.run_dir.write_report(metrics, final, class_names, items,
+                                           title=f"{run.cfg.model} on {run.cfg.dataset}")
     return RunResult(run.run_dir.path, progress.best_top1, progress.best_epoch, metrics)
