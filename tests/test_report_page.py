@@ -108,6 +108,14 @@ def test_damaged_files_are_named_on_the_page(run: Path, tmp_path: Path, capsys) 
     assert len(_images(page)) == 1 + (run / "top_losses.png").exists()  # confusion matrix, top losses: still there
 
 
+def test_a_csv_over_the_field_limit_is_named_not_a_traceback(run: Path, tmp_path: Path, capsys) -> None:
+    garbled = tmp_path / "garbled"
+    shutil.copytree(run, garbled, ignore=shutil.ignore_patterns("*.safetensors", "*.pt"))
+    (garbled / "summary.csv").write_text('epoch,train_loss\n"' + "x" * 200_000)  # an unclosed quote to the end
+    assert main(["report", str(garbled)]) == 0, capsys.readouterr().err
+    assert "Could not be read: field larger than field limit" in (garbled / "report.html").read_text(encoding="utf-8")
+
+
 def test_an_eval_folder_page_escapes_and_caps_its_lists(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "eval"
     folder.mkdir()

@@ -32,7 +32,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_TABLE_ROWS = 500  # a list of 50,000 unreadable files would make a page no browser wants to open
 # metrics.json keys that are shown in their own sections, not as one cell of the figures' table
 SHOWN_ELSEWHERE = ("per_class", "confused_pairs", "class_names")
-READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, yaml.YAMLError)
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, yaml.YAMLError, csv.Error)
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }

@@ -124,11 +124,16 @@ class RunDir:
         return self
 
     def release(self) -> None:
-        self.close()
-        if self._lock_fd is not None:
-            _HELD_LOCKS.discard(self._lock_fd)
-            os.close(self._lock_fd)  # closing the descriptor is what lets go of the lock
-            self._lock_fd = None
+        # A run that ended well or stopped for a signal has drawn its curves (close); here the run may be unwinding
+        # from an error, which a failing drawing (the folder gone, the disk full) must not replace.
+        self._curves = None
+        try:
+            self.close()
+        finally:
+            if self._lock_fd is not None:
+                _HELD_LOCKS.discard(self._lock_fd)
+                os.close(self._lock_fd)  # closing the descriptor is what lets go of the lock
+                self._lock_fd = None
 
     def check_present(self) -> None:
         """Before each write: the folder is still the one this run locked. Deleted (or moved) mid-run, it
