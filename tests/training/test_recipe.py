@@ -1,6 +1,7 @@
 """--recipe auto: the options chosen from the data, the model and the run; every option given wins."""
 from __future__ import annotations
 
+import argparse
 import os
 import threading
 
@@ -11,7 +12,7 @@ import yaml
 from PIL import Image
 
 from resnets.data.datasets import ImageFiles, TensorImages
-from resnets.training.config import TrainConfig, make_config
+from resnets.training.config import TrainConfig, add_arguments, config_from_args, make_config
 from resnets.training.recipe import DataFacts, choose_recipe, typical_side
 
 SMALL = DataFacts(train_images=1_442, num_classes=10, image_side=28, imbalance=1.0)
@@ -161,3 +162,14 @@ def test_train_prints_records_and_reuses_the_recipe(tmp_path, capsys):
     plain = yaml.safe_load((tmp_path / "runs" / "imagenet" / "config.yaml").read_text())
     defaults = TrainConfig()
     assert (plain["img_size"], plain["batch_size"], plain["lr"]) == (None, defaults.batch_size, defaults.lr)
+
+
+def test_a_config_yaml_from_before_the_recipe_starts_its_run_again(tmp_path):
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("recipe", "crop_scale", "head_epochs",
+                                                                         "layer_decay")}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**old, "resolved_lr": 0.1, "world_size": 1}))
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"epochs": 3}))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["-c", str(tmp_path / "old.yaml")])).recipe == "imagenet"
+    assert config_from_args(parser.parse_args(["-c", str(tmp_path / "mine.yaml")])).recipe == "auto"

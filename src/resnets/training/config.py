@@ -290,6 +290,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     left out is absent from `args` (default=SUPPRESS). A resume needs to know which were given: a flag
     that repeats its default (`--epochs 8`) is still a request."""
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    if "recipe" not in values and "resolved_lr" in values:
+        # a run's config.yaml from before --recipe: its options were the whole recipe, and are the run again
+        values["recipe"] = "imagenet"
     values = {k: v for k, v in values.items() if k not in RECORDED_KEYS}
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
     return {**values, **flags}
