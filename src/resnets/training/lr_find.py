@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from ..errors import CheckpointError, DataError, TrainingError
 from ..fileio import atomic_write_bytes
@@ -265,6 +264,8 @@ def lr_option(lr: float, cfg: TrainConfig, world_size: int) -> float:
 def plot_lr_find(found: LrFind, path: str | Path, title: str = "") -> Path:
     """Loss against lr (log scale): each step's loss, the smoothed curve, its lowest point and the suggestion
     marked; PNG, written atomically."""
+    from matplotlib.figure import Figure  # only when plotting: run.py imports this module for every run
+
     fig = Figure(figsize=(7, 4.5))  # no pyplot: the caller's backend and figure state stay untouched
     ax = fig.subplots()
     finite = len(found.smoothed)

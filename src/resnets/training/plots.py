@@ -4,8 +4,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from ..fileio import atomic_write_bytes
 
 
@@ -14,6 +12,8 @@ def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> dict[str
 
     Returns the plotted series by name ("train_loss", "val_top1", ...), as drawn.
     """
+    from matplotlib.figure import Figure  # when drawing: curves.png is drawn at most every 30 s, first at the end
+
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(10, 4))  # no pyplot: the caller's backend and figure state stay untouched
     ax_loss, ax_acc = fig.subplots(1, 2)
