@@ -22,8 +22,8 @@ COMMANDS = {
              "resnets eval --weights runs/<run> --data-dir photos/"),
     "predict": ("resnets.inference.commands", "top-k classes of image files (CSV)",
                 "resnets predict --weights runs/<run> --topk 3 cat.jpg more_images/"),
-    "export": ("resnets.inference.commands", "ONNX or .pt2 with a dynamic batch size, checked against the model",
-               "resnets export --weights runs/<run> --format onnx --output model.onnx"),
+    "export": ("resnets.export.commands", "ONNX (fp32, int8, fp16), .pt2, OpenVINO or a Triton repository, "
+               "checked and timed against the model", "resnets export --weights runs/<run> --format onnx-int8"),
     "cam": ("resnets.inference.commands", "Grad-CAM heatmaps over images (PNG)",
             "resnets cam --weights runs/<run> cat.jpg"),
     "report": ("resnets.report_commands", "rebuild report.html of a run or eval folder (one self-contained page)",
@@ -41,6 +41,7 @@ COMMANDS = {
                "resnets design resnext50 --cardinality 1 2 4 8 32"),
     "bench": ("resnets.bench.commands", "training/inference throughput, against torchvision and timm",
               "resnets bench --model resnet50 --mode infer --compare torchvision,timm"),
+    "serve": ("resnets.serve.commands", "an HTTP service: POST /predict, a web page, metrics, micro-batching", "resnets serve runs/<run> --port 8000"),
 }
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from resnets.hub import load_model
-from resnets.inference.export import ExportError, export_model, read_export_metadata
+from resnets.errors import ExportError
+from resnets.export.pipeline import export_model, read_export_metadata
 
 CLASSES = ["apple", "banana", "cherry"]  # listed in an order that is also their sorted order
 
@@ -23,7 +24,8 @@ def test_export_onnx_runs_at_another_batch(run_cli, work: dict, capsys: pytest.C
                              "--opset", "18")
     assert code == 0, err
     assert "max |exported - eager|" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # weights inside, no .data side file
+    # weights inside, no .data side file; the report beside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]  # symbolic batch

@@ -9,7 +9,7 @@ import pytest
 
 from resnets.errors import ConfigError
 from resnets.hub import load_model
-from resnets.inference.export import export_model
+from resnets.export.pipeline import export_model
 
 CLASSES = ["apple", "banana", "cherry"]  # listed in an order that is also their sorted order
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import resnets
 from resnets.errors import CheckpointError, ConfigError
 from resnets.fileio import content_digest
-from resnets.inference.export import export_model, read_export_metadata
+from resnets.export.pipeline import export_model, read_export_metadata
 from resnets.inference.predict import predict_images
 from resnets.models import weights
 from resnets.models.pretrained_cfg import PretrainedCfg

@@ -1,4 +1,4 @@
-"""`resnets eval`, `predict`, `export` and `cam`: arguments and printing; the work is in the modules beside."""
+"""`resnets eval`, `predict` and `cam`: arguments and printing; the work is in the modules beside."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from pathlib import Path
 from ..data.images import MAX_IMAGE_MB, max_image_bytes
 from ..device import resolve_device
 from ..fileio import atomic_write_bytes
+from ..export.runtime import load_classifier
 from ..hub import load_model
 from ..messages import printable
 from ..options import add_device_argument, add_max_image_argument, add_weights_arguments, add_workers_argument
@@ -15,7 +16,6 @@ from ..per_image import DEFAULT_TOP_LOSSES
 from ..reports import format_report
 from .cam import cam_images
 from .evaluate import EvalSummary, evaluate_weights
-from .export import FORMATS, check_export_output, export_model
 from .outputs import beside_weights, check_output
 from .predict import check_topk, predict_images, predictions_csv
 from .tta import FLIP, FLIP_SIZE, TTAConfig
@@ -108,7 +108,7 @@ def run_predict(args: argparse.Namespace) -> int:
     max_image_bytes(args.max_image_mb)
     if args.output:
         check_output(args.output, args.weights, args.paths)  # before any work
-    model = load_model(args.weights, args.model)
+    model = load_classifier(args.weights, args.model)
     check_topk(args.topk, model.num_classes)  # before reading any image
     preds = predict_images(model, args.paths, topk=args.topk, batch_size=args.batch_size, device=args.device,
                            max_image_mb=args.max_image_mb, tta=tta_config(args))
@@ -118,32 +118,6 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(preds)} predictions to {args.output}")
     else:
         sys.stdout.write(text)
-    return 0
-
-
-def add_export(p: argparse.ArgumentParser) -> None:
-    p.description = ("Export, run the result at another batch size, compare it with the eager model, and write the "
-                     "file only if they agree.")
-    add_weights_arguments(p)
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--output", required=True, metavar="FILE", help="FILE.onnx or FILE.pt2, as --format")
-    p.add_argument("--img-size", type=int, default=None, metavar="PX",
-                   help="input size of the graph (default: the weights' own)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="where to trace and check: cpu, cuda, cuda:N or auto [default: cpu]")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    resolve_device(args.device)  # a mistake there is found now, not after loading the model
-    check_export_output(args.output, args.format, args.weights)  # before loading the model
-    model = load_model(args.weights, args.model)
-    r = export_model(model, args.output, args.format, img_size=args.img_size, opset=args.opset,
-                     weights=args.weights, device=args.device)
-    shape = ", ".join(["batch", *map(str, r.input_shape[1:])])
-    print(f"check at batch {r.check_batch} (traced at {r.input_shape[0]}): max |exported - eager| "
-          f"{r.max_abs_diff:.3g} (tolerance {r.tolerance:.3g})")
-    print(f"wrote {r.path} ({r.format}, input ({shape}), {len(r.metadata['class_names'])} classes)")
     return 0
 
 
@@ -175,5 +149,5 @@ def run_cam(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"eval": (add_eval, run_eval), "predict": (add_predict, run_predict), "export": (add_export, run_export),
+COMMANDS = {"eval": (add_eval, run_eval), "predict": (add_predict, run_predict),
             "cam": (add_cam, run_cam)}

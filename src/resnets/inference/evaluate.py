@@ -15,7 +15,7 @@ from ..device import check_workers, default_workers, resolve_device
 from ..errors import ConfigError, DataError
 from ..evaluation import evaluate
 from ..fileio import atomic_write_json, check_writable
-from ..hub import load_model
+from ..export.runtime import load_classifier
 from ..analysis.memory import check_activation_memory
 from ..models.resnet import check_img_size
 from ..models.weights import resolve_weights
@@ -59,14 +59,15 @@ class EvalSummary:
 
 def evaluate_weights(weights: str | Path | None, data_dir: str | Path, *, model_name: str | None = None,
                      output_dir: str | Path | None = None, **options: Any) -> EvalSummary:
-    """`evaluate_model` of `load_model(weights, model_name)`: a run folder, a model folder, a weights file, a URL,
+    """`evaluate_model` of `load_classifier(weights, model_name)`: a run folder, a model folder, a weights file, an
+    exported file, a URL,
     or (`weights` None) the published weights `model_name` names.
 
     `output_dir` defaults to `eval/` in the run folder or beside the weights file, else in this folder.
     """
     local = Path(weights) if weights is not None and Path(weights).exists() else None
     out = Path(output_dir) if output_dir is not None else beside_weights(local, EVAL_DIR) if local else Path(EVAL_DIR)
-    model = load_model(weights, model_name)
+    model = load_classifier(weights, model_name)
     return evaluate_model(model, data_dir, out, weights=resolve_weights(local) if local else None, **options)
 
 
@@ -98,6 +99,8 @@ def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Pat
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
+    if top_losses_cam and not any(True for _ in model.parameters()):
+        raise ConfigError("--top-losses-cam needs the model's weights (Grad-CAM), not an exported graph")
     check_img_size(model, img_size)  # as training does: the last stage keeps at least one pixel
     check_activation_memory(model, img_size or tuple(model.pretrained_cfg.for_eval().input_size[1:]), batch_size, dev,
                             what=None if img_size else "the weights' input_size")

@@ -28,7 +28,7 @@ def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     torch.fx's tracing proxies, and never on the copy) or one that torch.fx cannot trace (control flow on
     its input, in a user-registered architecture) runs as it is."""
     model.eval()
-    if device.type != "cpu" or _has_hooks(model):
+    if device.type != "cpu" or _has_hooks(model) or not any(True for _ in model.parameters()):  # nothing to fold
         return model
     try:
         folded = fold_batchnorm(model)

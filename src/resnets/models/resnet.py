@@ -266,9 +266,10 @@ class ResNet(nn.Module):
 
 def check_img_size(model: nn.Module, img_size: int | None) -> None:
     """ConfigError for inputs so small that the last stage would have no pixels left."""
-    if img_size is None:
+    info = getattr(model, "feature_info", None)
+    if img_size is None or not info:  # an exported graph checks its own size
         return
-    reduction = model.feature_info[-1]["reduction"]
+    reduction = info[-1]["reduction"]
     if img_size < reduction:
         raise ConfigError(f"image size {img_size} is too small for this model: it downsamples by {reduction}, "
                           f"so use at least {reduction}")

@@ -78,6 +78,15 @@ if hasattr(os, "register_at_fork"):
 CURVES_EVERY_S = 30.0
 
 
+def read_config_yaml(folder: str | Path) -> dict[str, Any] | None:
+    """A run folder's config.yaml as a mapping; None when it is missing, unreadable or not a mapping."""
+    try:
+        recorded = yaml.safe_load((Path(folder) / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 class RunDir:
     """A run folder and its writers. `tensorboard` is set by `open_tensorboard`; the writing process holds
     the folder's lock (`acquire`) from its start until `release`."""
@@ -181,11 +190,7 @@ class RunDir:
 
     def recorded_recipe(self) -> str:
         """The recipe line config.yaml recorded when the run started ("" if none): a resume rewrites the file."""
-        try:
-            recorded = yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            return ""
-        value = recorded.get("recipe_choices") if isinstance(recorded, dict) else None
+        value = (read_config_yaml(self.path) or {}).get("recipe_choices")
         return value if isinstance(value, str) else ""
 
     def open_tensorboard(self, model: nn.Module, example: torch.Tensor) -> None:

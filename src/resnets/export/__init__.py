@@ -1,0 +1,1 @@
+"""Exports checked against the eager model, and exported files run as classifiers."""
