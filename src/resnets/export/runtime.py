@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -127,6 +128,8 @@ def pt2_runner(data: bytes | Path) -> tuple[Runner, dict[str, str]]:
 
 
 def load_pt2(path: Path) -> ExportedModel:
+    if not zipfile.is_zipfile(path):  # torch.export.load would log a traceback before raising
+        raise CheckpointError(f"{path}: not a torch.export program (not a zip archive)")
     try:
         run, extra = pt2_runner(path)
     except Exception as e:  # a damaged zip, another format: torch raises many types
