@@ -14,7 +14,7 @@ from PIL import Image
 import resnets
 from resnets.errors import CheckpointError, ConfigError
 from resnets.export.pipeline import ExportData, export_model
-from resnets.export.runtime import ExportedModel, load_classifier
+from resnets.inference.exported import ExportedModel, load_classifier
 from resnets.hub import load_model
 from resnets.inference.fold import for_inference
 from resnets.inference.predict import predict_images

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import ConfigError, ExportError, ResnetsError
 from ..messages import first_line
-from .runtime import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ExportedModel, onnx_runner, openvino_module,
+from ..inference.exported import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ExportedModel, onnx_runner, openvino_module,
                       openvino_runner, pt2_runner)
 
 # format: the name its file ends with (triton writes a folder)
@@ -272,15 +272,3 @@ def build_artefact(model: nn.Module, format: str, input_size: tuple[int, int, in
         raise
     except Exception as e:  # the exporters raise many types; to a user each means "this did not export"
         raise ExportError(f"{format} export failed: {type(e).__name__}: {first_line(e)}") from e
-
-
-def in_memory(model: nn.Module, backend: str) -> ExportedModel:
-    """`model` exported for `backend` ("onnx" or "openvino") at its own size, checked, never written: what
-    `resnets serve --backend onnx` runs from a weights file."""
-    from .check import check_exact
-
-    model = model.eval()
-    input_size = tuple(int(v) for v in model.pretrained_cfg.for_eval().input_size)
-    artefact = build_artefact(model, backend, input_size)
-    check_exact(model, artefact, input_size)
-    return artefact.model

@@ -22,7 +22,9 @@ from ..data.datasets import load_eval_set, load_splits
 from ..data.transforms import eval_transform
 from ..device import resolve_device
 from ..errors import ConfigError, ExportError
+from ..hub import load_model
 from ..fileio import atomic_write_bytes, atomic_write_json, check_writable
+from ..inference.exported import ExportedModel, exported_format, load_classifier, load_exported
 from ..inference.fold import for_inference
 from ..inference.outputs import check_output
 from .check import DEFAULT_MARGIN, RTOL, SPEED_SECONDS, ExportReport, check_exact, compare
@@ -240,8 +242,6 @@ def write_artefact(artefact: Artefact, output: str | Path) -> list[Path]:
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:
     """The "resnets" metadata of an exported .onnx, .pt2 or OpenVINO .xml file (checked as loading checks it)."""
-    from .runtime import load_exported
-
     return load_exported(path).metadata
 
 
@@ -253,3 +253,33 @@ def default_output(weights: str | Path | None, format: str) -> Path:
         return folder / DEFAULT_NAMES[format]
     return Path(DEFAULT_NAMES[format])
 
+
+
+BACKENDS = ("torch", "onnx", "openvino")
+
+
+def exported_in_memory(model: nn.Module, backend: str) -> ExportedModel:
+    """`model` exported for `backend` ("onnx" or "openvino") at its own size, checked as `resnets export` checks
+    the float32 formats, never written: what `resnets serve --backend onnx` runs from weights."""
+    model = model.eval()
+    input_size = tuple(int(v) for v in model.pretrained_cfg.for_eval().input_size)
+    artefact = build_artefact(model, backend, input_size)
+    check_exact(model, artefact, input_size)
+    return artefact.model
+
+
+def load_on_backend(source: str | Path | None, model_name: str | None = None, backend: str | None = None,
+                    ) -> nn.Module:
+    """`load_classifier`, run on `backend`: "torch", "onnx" or "openvino" (None: the source's own; weights run on
+    torch). Weights asked to run elsewhere are exported in memory first."""
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    kind = exported_format(source if source is not None else model_name)
+    if kind is not None:
+        own = "torch" if kind == "pt2" else kind
+        if backend not in (None, own):
+            raise ConfigError(f"{source or model_name} runs on {own}; --backend {backend} cannot run it "
+                              f"(leave --backend out, or serve the weights)")
+        return load_classifier(source, model_name)
+    model = load_model(source, model_name)
+    return model if backend in (None, "torch") else exported_in_memory(model, backend)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..data.images import MAX_IMAGE_MB, max_image_bytes
 from ..device import resolve_device
 from ..fileio import atomic_write_bytes
-from ..export.runtime import load_classifier
+from .exported import load_classifier
 from ..hub import load_model
 from ..messages import printable
 from ..options import add_device_argument, add_max_image_argument, add_weights_arguments, add_workers_argument

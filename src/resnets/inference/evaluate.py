@@ -15,7 +15,7 @@ from ..device import check_workers, default_workers, resolve_device
 from ..errors import ConfigError, DataError
 from ..evaluation import evaluate
 from ..fileio import atomic_write_json, check_writable
-from ..export.runtime import load_classifier
+from .exported import load_classifier
 from ..analysis.memory import check_activation_memory
 from ..models.resnet import check_img_size
 from ..models.weights import resolve_weights
@@ -99,14 +99,12 @@ def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Pat
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
-    if top_losses_cam and not any(True for _ in model.parameters()):
-        raise ConfigError("--top-losses-cam needs the model's weights (Grad-CAM), not an exported graph")
     check_img_size(model, img_size)  # as training does: the last stage keeps at least one pixel
     check_activation_memory(model, img_size or tuple(model.pretrained_cfg.for_eval().input_size[1:]), batch_size, dev,
                             what=None if img_size else "the weights' input_size")
     check_tta(model, tta, model.pretrained_cfg.for_eval().with_img_size(img_size).input_size, batch_size, dev)
-    out = Path(output_dir)
-    dataset, class_names = checked_eval_set(model, data_dir, out, img_size, max_image_mb, weights, top_losses)
+    dataset, class_names = checked_eval_set(model, data_dir, out := Path(output_dir), img_size, max_image_mb,
+                                            weights, top_losses, top_losses_cam)
     bad_files = BadFiles(len(dataset), max_bad_fraction, out / BAD_FILES_CSV)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=default_workers(dev.type) if workers is None
                         else workers, shuffle=False, pin_memory=dev.type == "cuda", collate_fn=collate_skipping)
@@ -137,10 +135,12 @@ def evaluate_model(model: nn.Module, data_dir: str | Path, output_dir: str | Pat
 
 def checked_eval_set(model: nn.Module, data_dir: str | Path, out: Path, img_size: int | None,
                      max_image_mb: float | None, weights: str | Path | None,
-                     top_losses: int) -> tuple[ImageFiles, list[str]]:
+                     top_losses: int, top_losses_cam: bool = False) -> tuple[ImageFiles, list[str]]:
     """The folder's images and classes, checked before any work: the classes are the model's, the outputs
-    (`top_losses` of them in a grid) replace no file the eval reads."""
+    (`top_losses` of them in a grid) replace no file the eval reads, Grad-CAM has weights to work on."""
     check_top_losses(top_losses)
+    if top_losses_cam and not any(True for _ in model.parameters()):
+        raise ConfigError("--top-losses-cam needs the model's weights (Grad-CAM), not an exported graph")
     dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg.for_eval(), img_size),
                                             model.class_names, max_image_mb)
     if len(class_names) != model.num_classes:  # only reachable when the model names no classes

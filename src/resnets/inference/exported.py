@@ -1,5 +1,6 @@
 """Exported files (.onnx, .pt2, OpenVINO's .xml) as classifiers with the model's interface, and the one loader that
-`predict`, `eval` and `serve` use for any source: a run, weights, or an exported file.
+`predict`, `eval` and `serve` use for any source: a run, weights, or an exported file. Writing them is
+`resnets.export`'s work, a layer above.
 
 An exported file carries its class names and preprocessing (key "resnets": ONNX metadata_props, the .pt2 extra
 file, OpenVINO rt_info), so it needs nothing beside it. That metadata is untrusted like any file's: it is parsed
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..hub import load_model
 from ..messages import first_line
 from ..models.metadata_schema import MAX_CLASSES, parse_json
 from ..models.pretrained_cfg import PretrainedCfg
@@ -25,7 +27,6 @@ from ..models.pretrained_cfg import PretrainedCfg
 METADATA_KEY = "resnets"  # same key as inside our safetensors files
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".xml": "openvino"}  # an exported file's runtime, by its name
-BACKENDS = ("torch", "onnx", "openvino")
 
 Runner = Callable[[torch.Tensor], torch.Tensor]  # (B, C, H, W) float32 -> (B, num_classes) logits
 
@@ -191,35 +192,17 @@ def load_exported(path: str | Path) -> ExportedModel:
     return LOADERS[kind](path)
 
 
-def load_classifier(source: str | Path | None, model_name: str | None = None, backend: str | None = None,
-                    ) -> nn.Module:
+def load_classifier(source: str | Path | None, model_name: str | None = None) -> nn.Module:
     """A ready classifier from a run, a weights file or folder, a published name, or an exported file: it has
     `labels()`, `num_classes`, `pretrained_cfg`, `arch_name`, and maps a normalised (B, C, H, W) batch to logits.
 
-    Args:
-        model_name: the architecture of a bare state dict, or published weights without `source`. An exported
-            file may come here too (`resnets predict --model model.onnx`).
-        backend: "torch", "onnx" or "openvino"; None: the file's own (torch for weights). Weights run on "onnx" or
-            "openvino" are exported in memory first, checked as `resnets export` checks them.
+    `model_name`: the architecture of a bare state dict, or published weights without `source`; an exported file
+    may come here too (`resnets predict --model model.onnx`).
     """
-    if backend is not None and backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if source is None and exported_format(model_name):
         source, model_name = model_name, None
-    kind = exported_format(source)
-    if kind is not None:
-        runtime = "onnx" if kind == "onnx" else kind
-        if backend is not None and backend != ("torch" if kind == "pt2" else runtime):
-            raise ConfigError(f"{source} is {'a torch.export' if kind == 'pt2' else kind} file; --backend "
-                              f"{backend} cannot run it (leave --backend out)")
-        if model_name:
-            raise ConfigError(f"{source} carries its architecture; --model {model_name} does not apply")
-        return load_exported(source)
-    from ..hub import load_model  # the hub's stack is only needed for weights
-
-    model = load_model(source, model_name)
-    if backend in (None, "torch"):
-        return model
-    from .formats import in_memory  # the exporters, only when asked for
-
-    return in_memory(model, backend)
+    if exported_format(source) is None:
+        return load_model(source, model_name)
+    if model_name:
+        raise ConfigError(f"{source} carries its architecture; --model {model_name} does not apply")
+    return load_exported(source)
