@@ -1,4 +1,4 @@
-"""Shared fixtures for the model-zoo tests.
+"""Shared fixtures: of the model-zoo tests, and the tiny classifier of the inference and serve tests.
 
 Helpers are handed out as fixtures (rather than imported from this file) so that test modules
 depend on nothing but pytest's own discovery.
@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+
+from resnets import create_model
+from resnets.data import eval_transform
 
 
 @pytest.fixture(autouse=True)
@@ -97,3 +103,60 @@ def poison_losses(monkeypatch) -> Callable[[set[int]], None]:
         monkeypatch.setattr(step, "make_criterion", poisoned)
 
     return poison
+
+
+# The tiny classifier of the inference and serve tests: three synthetic classes (listed in an order that is also
+# their sorted order), and a cifar_resnet20 whose classifier is fitted to them.
+TINY_CLASSES = ("apple", "banana", "cherry")
+
+
+def _synthetic_image(label: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """(size, size, 3) uint8: a red disc, a yellow horizontal bar or a dark checkerboard, on noise."""
+    img = rng.integers(90, 160, (size, size, 3)).astype(np.float64)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
+    if label == 0:
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 5) ** 2
+        img[mask] = (220, 30, 30)
+    elif label == 1:
+        mask = np.abs(yy - cy) < size // 8
+        img[mask] = (240, 220, 40)
+    else:
+        mask = ((yy // 5 + xx // 5) % 2 == 0) & (np.abs(yy - cy) < size // 3) & (np.abs(xx - cx) < size // 3)
+        img[mask] = (20, 20, 60)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+
+def _train_tiny_classifier(num_images: int = 48, steps: int = 150) -> torch.nn.Module:
+    """Random backbone, classifier fitted on its pooled features: a model whose outputs depend on the image,
+    in ~1 s (full training of even cifar_resnet20 costs ~0.5 s a step on 2 busy cores)."""
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=len(TINY_CLASSES), zero_init_last=False).eval()
+    transform = eval_transform(model.pretrained_cfg)
+    rng = np.random.default_rng(1)
+    labels = torch.arange(num_images) % len(TINY_CLASSES)
+    images = torch.stack([transform(Image.fromarray(_synthetic_image(int(y), rng))) for y in labels])
+    with torch.inference_mode():
+        feats = model.forward_head(model.forward_features(images), pre_logits=True)  # (N, num_features)
+    opt = torch.optim.Adam(model.fc.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = F.cross_entropy(model.fc(feats.clone()), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.class_names = list(TINY_CLASSES)
+    return model
+
+
+@pytest.fixture(scope="session")
+def synthetic_image() -> Callable[[int, np.random.Generator], np.ndarray]:
+    """`synthetic_image(label, rng, size=40)`: an image of class `label` (0-2) of the tiny classifier."""
+    return _synthetic_image
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier() -> nn.Module:
+    """cifar_resnet20 fitted to the three synthetic classes (`TINY_CLASSES`), trained once a session: save it or
+    copy it, never change it."""
+    return _train_tiny_classifier()

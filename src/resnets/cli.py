@@ -41,7 +41,8 @@ COMMANDS = {
                "resnets design resnext50 --cardinality 1 2 4 8 32"),
     "bench": ("resnets.bench.commands", "training/inference throughput, against torchvision and timm",
               "resnets bench --model resnet50 --mode infer --compare torchvision,timm"),
-    "serve": ("resnets.serve.commands", "an HTTP service: POST /predict, a web page, metrics, micro-batching", "resnets serve runs/<run> --port 8000"),
+    "serve": ("resnets.serve.commands", "an HTTP service: POST /predict, a web page, metrics, micro-batching",
+              "resnets serve runs/<run> --port 8000"),
 }
 
 

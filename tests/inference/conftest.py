@@ -6,42 +6,25 @@ Grad-CAM maps depend on the image (a random network's might not).
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from resnets.cli import main
 from resnets.data import eval_transform, load_image
-from resnets import create_model
 from resnets.models.weights import save_weights
 
 CLASSES = ["apple", "banana", "cherry"]  # listed in an order that is also their sorted order
 PER_CLASS = 5
 
 
-def _synthetic_image(label: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
-    """(size, size, 3) uint8: a red disc, a yellow horizontal bar or a dark checkerboard, on noise."""
-    img = rng.integers(90, 160, (size, size, 3)).astype(np.float64)
-    yy, xx = np.mgrid[:size, :size]
-    cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
-    if label == 0:
-        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 5) ** 2
-        img[mask] = (220, 30, 30)
-    elif label == 1:
-        mask = np.abs(yy - cy) < size // 8
-        img[mask] = (240, 220, 40)
-    else:
-        mask = ((yy // 5 + xx // 5) % 2 == 0) & (np.abs(yy - cy) < size // 3) & (np.abs(xx - cx) < size // 3)
-        img[mask] = (20, 20, 60)
-    return img.clip(0, 255).astype(np.uint8)
-
-
-def _write_image_folder(root: Path, classes: list[str], per_class: int, seed: int) -> list[Path]:
+def _write_image_folder(synthetic_image: Callable, root: Path, classes: list[str], per_class: int,
+                        seed: int) -> list[Path]:
     """ImageFolder with PNG and JPEG files alternating (JPEG exercises lossy decoding too).
 
     The last image of class i shows class i+1's pattern: a known confusion, which pins down the
@@ -54,46 +37,26 @@ def _write_image_folder(root: Path, classes: list[str], per_class: int, seed: in
         for i in range(per_class):
             path = root / name / f"{name}_{i}.{'png' if i % 2 == 0 else 'jpg'}"
             shown = (label + 1) % 3 if i == per_class - 1 else label % 3
-            Image.fromarray(_synthetic_image(shown, rng)).save(path)
+            Image.fromarray(synthetic_image(shown, rng)).save(path)
             files.append(path)
     return files
 
 
-def _train_tiny_model(num_images: int = 48, steps: int = 150) -> torch.nn.Module:
-    """Random backbone, classifier fitted on its pooled features: a model whose outputs depend on the image,
-    in ~1 s (full training of even cifar_resnet20 costs ~0.5 s a step on 2 busy cores)."""
-    torch.manual_seed(0)
-    model = create_model("cifar_resnet20", num_classes=len(CLASSES), zero_init_last=False).eval()
-    transform = eval_transform(model.pretrained_cfg)
-    rng = np.random.default_rng(1)
-    labels = torch.arange(num_images) % len(CLASSES)
-    images = torch.stack([transform(Image.fromarray(_synthetic_image(int(y), rng))) for y in labels])
-    with torch.inference_mode():
-        feats = model.forward_head(model.forward_features(images), pre_logits=True)  # (N, num_features)
-    opt = torch.optim.Adam(model.fc.parameters(), lr=0.05)
-    for _ in range(steps):
-        loss = F.cross_entropy(model.fc(feats.clone()), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.class_names = list(CLASSES)
-    return model
-
-
 @pytest.fixture(scope="session")
-def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def work(tmp_path_factory: pytest.TempPathFactory, tiny_classifier: torch.nn.Module,
+         synthetic_image: Callable) -> dict[str, Path]:
     """The trained model as a run folder and as a bare state dict, a val/ folder of its classes and a folder of
     other classes. Built once a session (it was once a module, when these tests were one file); the tests
     write nothing into it but `eval`'s default output folder, run/eval/."""
     root = tmp_path_factory.mktemp("tasks")
-    model = _train_tiny_model()
+    model = tiny_classifier
     run = root / "run"
     save_weights(model, run / "best.safetensors")
     bare = root / "bare" / "weights.pth"
     bare.parent.mkdir()
     torch.save(model.state_dict(), bare)
-    files = _write_image_folder(root / "data" / "val", CLASSES, PER_CLASS, seed=2)
-    _write_image_folder(root / "other", ["apple", "banana", "durian"], 2, seed=3)
+    files = _write_image_folder(synthetic_image, root / "data" / "val", CLASSES, PER_CLASS, seed=2)
+    _write_image_folder(synthetic_image, root / "other", ["apple", "banana", "durian"], 2, seed=3)
     return {"root": root, "run": run, "bare": bare, "data": root / "data", "files": files, "other": root / "other"}
 
 
@@ -122,9 +85,9 @@ def _assert_one_line_error(code: int, err: str, command: str) -> None:
 
 
 @pytest.fixture
-def write_image_folder() -> Callable[..., list[Path]]:
+def write_image_folder(synthetic_image: Callable) -> Callable[..., list[Path]]:
     """`write_image_folder(root, classes, per_class, seed)`: PNG and JPEG files of the synthetic classes."""
-    return _write_image_folder
+    return functools.partial(_write_image_folder, synthetic_image)
 
 
 @pytest.fixture
