@@ -151,9 +151,14 @@ def test_a_bad_calibration_set_loses_accuracy_and_the_export_is_refused(run, tmp
     assert not report["within_margin"] and report["top1_drop"] > 1.0
 
 
-def test_int8_needs_calibration_images(work, tmp_path, run_cli, capsys, assert_one_line_error) -> None:
+def test_int8_needs_labelled_and_calibration_images(work, tmp_path, run_cli, capsys, assert_one_line_error) -> None:
+    # weights outside a run: no val split to judge it on, no training images to calibrate on
     code, _, err = run_cli(capsys, "export", "--weights", work["run"], "--format", "onnx-int8", "--output",
                            tmp_path / "m.onnx")
+    assert_one_line_error(code, err, "export")
+    assert "--data-dir" in err and "--allow-accuracy-drop" in err
+    code, _, err = run_cli(capsys, "export", "--weights", work["run"], "--format", "onnx-int8", "--output",
+                           tmp_path / "m.onnx", "--data-dir", work["data"])
     assert_one_line_error(code, err, "export")
     assert "--calibration-dir" in err and list(tmp_path.iterdir()) == []
 
@@ -214,3 +219,27 @@ def test_a_file_that_is_no_model_is_one_line(tmp_path, run_cli, capsys, assert_o
         assert_one_line_error(code, err, "predict")
     code, _, err = run_cli(capsys, "predict", "--model", tmp_path / "missing.onnx", work["files"][0])
     assert_one_line_error(code, err, "predict")
+
+
+def test_a_run_whose_data_moved_names_the_flags_that_help(run, tmp_path, run_cli, capsys,
+                                                            assert_one_line_error) -> None:
+    import shutil
+
+    import yaml
+
+    moved = tmp_path / "run"
+    moved.mkdir()
+    shutil.copy(run / "best.safetensors", moved)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config |= {"dataset": "folder", "data_dir": str(tmp_path / "gone")}
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_cli(capsys, "export", "--weights", moved, "--format", "onnx")
+    assert_one_line_error(code, err, "export")
+    assert "--data-dir" in err and "--check-images 0" in err and not (moved / "model.onnx").exists()
+    code, out, err = run_cli(capsys, "export", "--weights", moved, "--format", "onnx", "--check-images", "0",
+                             "--time-s", "0.02")
+    assert code == 0, err
+    assert "accuracy not measured" in out and (moved / "model.onnx").is_file()
+    code, _, err = run_cli(capsys, "export", "--weights", moved, "--format", "onnx-int8", "--check-images", "0")
+    assert_one_line_error(code, err, "export")
+    assert "--allow-accuracy-drop" in err and not (moved / "model.int8.onnx").exists()

@@ -61,6 +61,7 @@ def _serving(model: torch.nn.Module, **settings) -> Iterator[str]:
     from resnets.serve.app import ServeSettings, create_app
 
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as `resnets serve` binds its socket
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(create_app(model, ServeSettings(**settings)), log_level="warning", ws="none",

@@ -125,3 +125,17 @@ def test_worker_processes_serve_and_stop_on_sigterm(tiny, server_process):
     assert "with 2 workers" in server.out.read_text().splitlines()[0]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
+
+
+def test_the_socket_sends_answers_without_waiting_for_acks():
+    # Accepted connections inherit TCP_NODELAY: without it each answer on a kept-alive connection waited ~40 ms for
+    # the client's delayed ACK (BENCHMARKS.md, "Serving").
+    import socket
+
+    from resnets.serve.commands import listen
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ExportError
 from ..messages import first_line
-from .formats import EXACT, Artefact
+from .formats import Artefact
 
 CHECK_BATCH = 3  # not EXPORT_BATCH: a graph specialised to the trace's batch fails here
 RTOL = 1e-4  # of the largest eager logit: float32 kernels of ORT/inductor/OpenVINO reorder sums
@@ -145,6 +145,16 @@ def compare(eager: nn.Module, artefact: Artefact, batches: Iterable[tuple[torch.
                         machine=machine(), notes=list(artefact.notes))
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; platform.processor() is often empty there)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -154,9 +164,5 @@ def machine() -> dict[str, str]:
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
             pass
-    return {"cpu": platform.processor() or platform.machine(), "threads": str(torch.get_num_threads()),
+    return {"cpu": cpu_name(), "threads": str(torch.get_num_threads()),
             "python": platform.python_version(), **versions}
-
-
-def exact_format(format: str) -> bool:
-    return format in EXACT

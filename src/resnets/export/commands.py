@@ -36,7 +36,8 @@ def add_export(p: argparse.ArgumentParser) -> None:
     check.add_argument("--data-dir", default=None, metavar="DIR",
                        help="labelled images to compare on instead (DIR/val, else DIR/test, else DIR)")
     check.add_argument("--check-images", type=int, default=DEFAULT_CHECK_IMAGES, metavar="N",
-                       help=f"compare on at most N of them, a fixed random draw [default: {DEFAULT_CHECK_IMAGES}]")
+                       help=f"compare on at most N of them, a fixed random draw; 0: speed alone "
+                            f"[default: {DEFAULT_CHECK_IMAGES}]")
     check.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="POINTS",
                        help=f"top-1 points the export may lose; more is an error (exit {ACCURACY_DROP_EXIT}) and no "
                             f"file [default: {DEFAULT_MARGIN:g}]")

@@ -21,10 +21,11 @@ from ..data.bad_files import collate_skipping
 from ..data.datasets import load_eval_set, load_splits
 from ..data.transforms import eval_transform
 from ..device import resolve_device
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, DataError, ExportError
 from ..hub import load_model
 from ..fileio import atomic_write_bytes, atomic_write_json, check_writable
-from ..inference.exported import ExportedModel, exported_format, load_classifier, load_exported
+from ..inference.exported import (ExportedModel, exported_format, load_classifier, load_exported,
+                                  openvino_module)
 from ..inference.fold import for_inference
 from ..inference.outputs import check_output
 from .check import DEFAULT_MARGIN, RTOL, SPEED_SECONDS, ExportReport, check_exact, compare
@@ -123,12 +124,20 @@ class ExportData:
     def splits(self) -> Any:
         if self._splits is None:
             r = self.run
-            self._splits = load_splits(r["dataset"], r.get("data_dir"), val_fraction=r.get("val_fraction", 0.2),
-                                       seed=r.get("seed", 0), max_image_mb=r.get("max_image_mb"))
+            try:
+                self._splits = load_splits(r["dataset"], r.get("data_dir"), val_fraction=r.get("val_fraction", 0.2),
+                                           seed=r.get("seed", 0), max_image_mb=r.get("max_image_mb"))
+            except DataError as e:  # moved, or a relative path from another folder
+                raise ConfigError(f"the run's data, which the export is checked on, cannot be read ({e}): give "
+                                  f"--data-dir DIR (and --calibration-dir DIR for int8), or --check-images 0 to "
+                                  f"measure speed alone") from None
             self._splits.train.transform = self._splits.val.transform = self.transform
         return self._splits
 
     def validation(self, limit: int) -> tuple[Dataset | None, str]:
+        """At most `limit` labelled images (0: none), and where they come from."""
+        if limit == 0:
+            return None, ""
         if self.data_dir is not None:
             dataset, _, _ = load_eval_set(self.data_dir, self.transform, self.model.class_names)
             return _subset(dataset, limit, 0), str(self.data_dir)
@@ -138,16 +147,19 @@ class ExportData:
         where = " ".join(str(v) for v in (r["dataset"], r.get("data_dir")) if v)
         return _subset(self.splits().val, limit, 0), f"the run's val split ({where})"
 
+    def check_calibration(self) -> None:
+        if self.calibration_dir is None and self.run is None:
+            raise ConfigError("--format onnx-int8 calibrates on training images: export from a run folder, or "
+                              "give --calibration-dir DIR")
+
     def calibration(self, n: int) -> torch.Tensor:
         if self.calibration_dir is not None:
             root = Path(self.calibration_dir)
             root = root / "train" if (root / "train").is_dir() else root
             dataset, _, _ = load_eval_set(root, self.transform, None)
-        elif self.run is not None:
-            dataset = self.splits().train
         else:
-            raise ConfigError("--format onnx-int8 calibrates on training images: export from a run folder, or "
-                              "give --calibration-dir DIR")
+            self.check_calibration()
+            dataset = self.splits().train
         images = [batch for batch, _ in _batches(_subset(dataset, n, 1))]
         if not images:
             raise ConfigError("no readable calibration images")
@@ -176,25 +188,18 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, 
         rtol: the float32 formats' largest |exported - eager| logit, as a share of the largest eager one.
     """
     check_export_output(output, format, weights)
-    for name, value in (("--check-images", check_images), ("--calibration-images", calibration_images)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
-    if not margin >= 0:
-        raise ConfigError(f"--margin must be >= 0 points, got {margin}")
+    for name, value, low in (("--check-images", check_images, 0), ("--calibration-images", calibration_images, 1),
+                             ("--margin", margin, 0)):
+        if not value >= low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
     dev = resolve_device(device)
-    chans, height, width = model.pretrained_cfg.for_eval().input_size  # a published set's test size
-    if img_size is not None:
-        if img_size < max(1, min_side(model)):
-            raise ConfigError(f"--img-size must be at least {max(1, min_side(model))}, got {img_size}")
-        height = width = img_size
-    input_size = (int(chans), int(height), int(width))
-    check_activation_memory(model, input_size[1:], CHECK_BATCH_SIZE, dev, batch_flag=None,
-                            what=f"--img-size {img_size}" if img_size is not None else "the weights' input_size")
+    input_size = export_input_size(model, img_size, dev)
     if format == "onnx-int8" and calibration_method in HISTOGRAM_METHODS:
         check_histogram_memory(model, input_size, calibration_images, calibration_method)
     model = model.to(dev).eval()
     data = ExportData(model, input_size, weights, data_dir, calibration_dir)
     validation, source = data.validation(check_images)  # its mistakes before the minutes of exporting
+    check_sources(format, data, validation is not None, allow_accuracy_drop)
     artefact = build_artefact(model, format, input_size, dynamic_size=dynamic_size, opset=opset,
                               calibration=lambda: data.calibration(calibration_images),
                               calibration_method=calibration_method, device=dev)
@@ -213,6 +218,29 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, 
     report_file = atomic_write_json(report_path(output, format), report.to_json() | {
         "file": str(paths[0]), "input_shape": list(artefact.input_shape)})
     return ExportResult([*paths, report_file], format, artefact.input_shape, report, artefact.model.metadata)
+
+
+def export_input_size(model: nn.Module, img_size: int | None, device: torch.device) -> tuple[int, int, int]:
+    """(C, H, W) of the graph: the weights' own test size, or `img_size`; refused when it cannot fit in memory."""
+    chans, height, width = model.pretrained_cfg.for_eval().input_size  # a published set's test size
+    if img_size is not None:
+        if img_size < max(1, min_side(model)):
+            raise ConfigError(f"--img-size must be at least {max(1, min_side(model))}, got {img_size}")
+        height = width = img_size
+    check_activation_memory(model, (int(height), int(width)), CHECK_BATCH_SIZE, device, batch_flag=None,
+                            what=f"--img-size {img_size}" if img_size is not None else "the weights' input_size")
+    return int(chans), int(height), int(width)
+
+
+def check_sources(format: str, data: ExportData, labelled: bool, allow_accuracy_drop: bool) -> None:
+    """What a format needs beyond the model, found missing before the minutes of exporting."""
+    if format == "onnx-int8":
+        if not labelled and not allow_accuracy_drop:
+            raise ConfigError("an int8 export is checked on labelled images before it is written: export from a "
+                              "run folder, or give --data-dir DIR; --allow-accuracy-drop writes it unchecked")
+        data.check_calibration()
+    if format == "openvino":
+        openvino_module()
 
 
 def check_histogram_memory(model: nn.Module, input_size: tuple[int, int, int], images: int, method: str) -> None:
