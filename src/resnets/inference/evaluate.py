@@ -24,7 +24,7 @@ from ..per_image import (DEFAULT_TOP_LOSSES, PREDICTIONS_CSV, TOP_LOSSES_PNG, ch
 from ..report_page import PAGE, write_report_page
 from ..reports import CONFUSION_CSV, CONFUSION_PNG, REPORT_CSV, write_class_reports
 from .cam import grad_cam
-from .fold import for_inference
+from .fold import for_inference, has_parameters
 from .outputs import beside_weights, files_read, refuse_overwrite
 from .tta import TTAConfig, TTAViews, check_tta
 
@@ -139,7 +139,7 @@ def checked_eval_set(model: nn.Module, data_dir: str | Path, out: Path, img_size
     """The folder's images and classes, checked before any work: the classes are the model's, the outputs
     (`top_losses` of them in a grid) replace no file the eval reads, Grad-CAM has weights to work on."""
     check_top_losses(top_losses)
-    if top_losses_cam and not any(True for _ in model.parameters()):
+    if top_losses_cam and not has_parameters(model):
         raise ConfigError("--top-losses-cam needs the model's weights (Grad-CAM), not an exported graph")
     dataset, _, class_names = load_eval_set(data_dir, eval_transform(model.pretrained_cfg.for_eval(), img_size),
                                             model.class_names, max_image_mb)

@@ -13,6 +13,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return fuse(model.eval())
 
 
+def has_parameters(model: nn.Module) -> bool:
+    """A torch model with weights; an exported file's runtime (ONNX Runtime, OpenVINO) has none: nothing to
+    fold, no gradients for Grad-CAM."""
+    return any(True for _ in model.parameters())
+
+
 def _has_hooks(model: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
@@ -28,7 +34,7 @@ def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     torch.fx's tracing proxies, and never on the copy) or one that torch.fx cannot trace (control flow on
     its input, in a user-registered architecture) runs as it is."""
     model.eval()
-    if device.type != "cpu" or _has_hooks(model) or not any(True for _ in model.parameters()):  # nothing to fold
+    if device.type != "cpu" or _has_hooks(model) or not has_parameters(model):
         return model
     try:
         folded = fold_batchnorm(model)

@@ -34,7 +34,7 @@ from ..data.transforms import eval_transform
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..inference.cam import CAM_ALPHA, denormalize, grad_cam
-from ..inference.fold import for_inference
+from ..inference.fold import for_inference, has_parameters
 from .batching import BatchFailed, MicroBatcher, QueueFull
 from .metrics import RequestMetrics, ServeMetrics
 from .requests import CLOSE, RequestError, preprocess, read_uploads
@@ -104,11 +104,6 @@ class ServeSettings:
 
 def resnets_version() -> str:
     return getattr(resnets, "__version__", None) or importlib.metadata.version("resnets")
-
-
-def has_parameters(model: nn.Module) -> bool:
-    """A torch model; an exported file's runtime (ONNX Runtime, OpenVINO) has none, and no gradients."""
-    return isinstance(model, nn.Module) and any(True for _ in model.parameters())
 
 
 def presented_keys(headers: Headers) -> list[bytes]:
@@ -196,7 +191,10 @@ def add_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
 
     @app.exception_handler(Exception)  # a bug: Starlette still logs its traceback after this answer
     async def internal(request: Request, e: Exception) -> JSONResponse:
-        return error(500, "internal", f"internal error ({type(e).__name__}); the server's log has the traceback")
+        # Starlette raises the exception again once this is sent, and uvicorn then drops the connection: a client
+        # that sent its next request on it meanwhile read a reset. Closing it here tells the client not to.
+        return error(500, "internal", f"internal error ({type(e).__name__}); the server's log has the traceback",
+                     CLOSE)
 
 
 def add_info_routes(app: FastAPI, model_info: dict[str, Any], metrics: ServeMetrics, page: str) -> None:
