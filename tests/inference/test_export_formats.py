@@ -243,3 +243,91 @@ def test_a_run_whose_data_moved_names_the_flags_that_help(run, tmp_path, run_cli
     code, _, err = run_cli(capsys, "export", "--weights", moved, "--format", "onnx-int8", "--check-images", "0")
     assert_one_line_error(code, err, "export")
     assert "--allow-accuracy-drop" in err and not (moved / "model.int8.onnx").exists()
+
+
+class _Payload:
+    """Unpickling this creates `marker`: what a hostile pickle could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def _pt2_with_a_pickled_weight(source: Path, hostile: Path, marker: Path) -> None:
+    """A copy of a real .pt2 whose first weight is marked `use_pickle` and holds the payload."""
+    import io
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(hostile, "w") as zout:
+        names = zin.namelist()
+        config_name = next(n for n in names if n.endswith("model_weights_config.json"))
+        config = json.loads(zin.read(config_name))
+        first = next(iter(config["config"].values()))
+        first["use_pickle"] = True
+        payload = io.BytesIO()
+        pickle.dump(_Payload(marker), payload)
+        for name in names:
+            data = zin.read(name)
+            if name == config_name:
+                data = json.dumps(config).encode()
+            elif name.endswith("/" + first["path_name"]) or name.endswith("weights/" + first["path_name"]):
+                data = payload.getvalue()
+            zout.writestr(name, data)
+
+
+def test_a_pt2_that_would_unpickle_code_is_refused_before_torch_reads_it(run, tmp_path, run_cli, capsys,
+                                                                         assert_one_line_error, work) -> None:
+    source = export_model(load_model(run), tmp_path / "m.pt2", "pt2", **FAST).path
+    hostile, marker = tmp_path / "hostile.pt2", tmp_path / "code-ran"
+    _pt2_with_a_pickled_weight(source, hostile, marker)
+    with pytest.raises(Exception):
+        torch.export.load(hostile)  # torch's own loader unpickles it: the hazard is real ...
+    assert marker.exists()
+    marker.unlink()
+    capsys.readouterr()  # torch logged its traceback
+    with pytest.raises(CheckpointError, match="pickle"):  # ... and ours never hands it to torch
+        load_classifier(hostile)
+    code, _, err = run_cli(capsys, "predict", "--model", hostile, work["files"][0])
+    assert_one_line_error(code, err, "predict")
+    assert not marker.exists()
+
+
+def test_a_pt2_whose_metadata_names_other_classes_than_its_logits_is_refused(run, tmp_path) -> None:
+    import zipfile
+
+    source = export_model(load_model(run), tmp_path / "m.pt2", "pt2", **FAST).path
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name.endswith("extra/resnets"):
+                meta = json.loads(data)
+                meta |= {"num_classes": 3, "class_names": ["a", "b", "c"]}
+                data = json.dumps(meta).encode()
+            zout.writestr(name, data)
+    with pytest.raises(CheckpointError, match=r"shape \(1, 10\).*3 classes"):
+        load_classifier(bad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--time-s", "inf"], "--time-s must be in 0..600"),
+    (["--margin", "-1"], "--margin must be in 0..100"),
+    (["--check-images", "-1"], "--check-images must be in 0..inf"),
+])
+def test_numbers_out_of_range_are_one_line(argv, message, work, tmp_path, run_cli, capsys,
+                                           assert_one_line_error) -> None:
+    code, _, err = run_cli(capsys, "export", "--weights", work["run"], "--output", tmp_path / "m.onnx", *argv)
+    assert_one_line_error(code, err, "export")
+    assert message in err and list(tmp_path.iterdir()) == []
+
+
+def test_a_calibration_folder_of_validation_images_is_refused(run, work, tmp_path, run_cli, capsys,
+                                                               assert_one_line_error) -> None:
+    # work["data"] holds val/ only: calibrating there would tune int8 on the images it is judged on
+    code, _, err = run_cli(capsys, "export", "--weights", run, "--format", "onnx-int8", "--output",
+                           tmp_path / "m.onnx", "--calibration-dir", work["data"])
+    assert_one_line_error(code, err, "export")
+    assert "no train/" in err and list(tmp_path.iterdir()) == []

@@ -55,6 +55,17 @@ class Artefact:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Graph:
+    """The checked float32 ONNX graph and what the formats built from it need."""
+    fp32: bytes
+    meta: dict[str, Any]
+    shape: tuple[Any, ...]
+    dynamic_size: bool
+    calibration: torch.Tensor | None = None  # (N, C, H, W) preprocessed training images, for int8
+    calibration_method: str = "minmax"
+
+
 def export_metadata(model: nn.Module, input_size: tuple[int, int, int], dynamic_size: bool) -> dict[str, Any]:
     """What a deployment needs beside the graph: classes and the preprocessing the graph expects."""
     pretrained_cfg = model.pretrained_cfg.for_eval().replace(input_size=input_size).to_dict()
@@ -120,6 +131,10 @@ def onnx_artefact(name: str, data: bytes, meta: dict[str, Any], shape: tuple[Any
     return Artefact(name, {"": data}, ExportedModel(run, meta, "onnx"), shape)
 
 
+def onnx_fp32(graph: Graph) -> Artefact:
+    return onnx_artefact("onnx", graph.fp32, graph.meta, graph.shape)
+
+
 # ONNX int8 and fp16 ------------------------------------------------------------------------------------------------
 class _Calibration:
     """onnxruntime's CalibrationDataReader protocol over batches of preprocessed images."""
@@ -162,6 +177,17 @@ def float16(fp32: bytes) -> bytes:
     return convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True).SerializeToString()
 
 
+def onnx_int8(graph: Graph) -> Artefact:
+    quantized = quantize_int8(graph.fp32, graph.calibration, graph.calibration_method)
+    artefact = onnx_artefact("onnx-int8", with_metadata(quantized, graph.meta), graph.meta, graph.shape)
+    artefact.notes.append(f"calibrated on {len(graph.calibration):,} training images ({graph.calibration_method})")
+    return artefact
+
+
+def onnx_fp16(graph: Graph) -> Artefact:
+    return onnx_artefact("onnx-fp16", with_metadata(float16(graph.fp32), graph.meta), graph.meta, graph.shape)
+
+
 def with_metadata(data: bytes, meta: dict[str, Any]) -> bytes:
     """The quantizer and the converter may drop metadata_props: put ours back."""
     import onnx
@@ -183,9 +209,10 @@ def pt2_artefact(model: nn.Module, example: torch.Tensor, meta: dict[str, Any], 
 
 
 # OpenVINO ----------------------------------------------------------------------------------------------------------
-def openvino_artefact(fp32: bytes, meta: dict[str, Any], shape: tuple[Any, ...]) -> Artefact:
+def openvino_artefact(graph: Graph) -> Artefact:
     """OpenVINO's IR of the checked ONNX graph, weights kept in float32 (its default compresses them to fp16,
     which is a precision choice, not a format's)."""
+    fp32, meta, shape = graph.fp32, graph.meta, graph.shape
     ov = openvino_module()
     with tempfile.TemporaryDirectory(prefix="resnets-openvino-") as tmp:
         source, xml = Path(tmp) / "model.onnx", Path(tmp) / "model.xml"
@@ -222,8 +249,8 @@ def triton_config(name: str, meta: dict[str, Any], dynamic_size: bool, max_batch
         ""])
 
 
-def triton_artefact(fp32: bytes, meta: dict[str, Any], dynamic_size: bool, shape: tuple[Any, ...],
-                    max_batch: int = 32) -> Artefact:
+def triton_artefact(graph: Graph, max_batch: int = 32) -> Artefact:
+    fp32, meta, dynamic_size, shape = graph.fp32, graph.meta, graph.dynamic_size, graph.shape
     name = triton_name(meta["architecture"])
     run, _ = onnx_runner(fp32)
     labels = "".join(n.replace("\n", " ").replace("\r", " ") + "\n" for n in meta["class_names"])
@@ -234,13 +261,17 @@ def triton_artefact(fp32: bytes, meta: dict[str, Any], dynamic_size: bool, shape
 
 
 # All of them -------------------------------------------------------------------------------------------------------
+FROM_ONNX: dict[str, Callable[[Graph], Artefact]] = {"onnx": onnx_fp32, "onnx-int8": onnx_int8, "onnx-fp16": onnx_fp16,
+                                                     "openvino": openvino_artefact, "triton": triton_artefact}
+
+
 def build_artefact(model: nn.Module, format: str, input_size: tuple[int, int, int], *, dynamic_size: bool = False,
-                   opset: int | None = None, calibration: Callable[[], torch.Tensor] | None = None,
+                   opset: int | None = None, calibration: torch.Tensor | None = None,
                    calibration_method: str = "minmax", device: torch.device = torch.device("cpu")) -> Artefact:
-    """`model` (in eval mode, on `device`) as `format`, in memory. `calibration` gives the int8 export's images."""
+    """`model` (in eval mode, on `device`) as `format`, in memory; `calibration`: the int8 export's images."""
     if format not in SUFFIXES:
         raise ConfigError(f"format {format!r} is not one of {', '.join(FORMATS)}")
-    if opset is not None and format in ("pt2",):
+    if opset is not None and format == "pt2":
         raise ConfigError("--opset applies to the ONNX formats only")
     if format == "onnx-int8" and calibration is None:
         raise ConfigError("--format onnx-int8 needs calibration images: a run folder (its training data), or "
@@ -255,19 +286,7 @@ def build_artefact(model: nn.Module, format: str, input_size: tuple[int, int, in
         if format == "pt2":
             return pt2_artefact(model, example, meta, dynamic_size, shape)
         fp32 = onnx_proto(model, example, meta, dynamic_size, opset).SerializeToString()
-        if format == "onnx":
-            return onnx_artefact(format, fp32, meta, shape)
-        if format == "onnx-int8":
-            images = calibration()
-            artefact = onnx_artefact(format, with_metadata(quantize_int8(fp32, images, calibration_method), meta),
-                                     meta, shape)
-            artefact.notes.append(f"calibrated on {len(images):,} training images ({calibration_method})")
-            return artefact
-        if format == "onnx-fp16":
-            return onnx_artefact(format, with_metadata(float16(fp32), meta), meta, shape)
-        if format == "openvino":
-            return openvino_artefact(fp32, meta, shape)
-        return triton_artefact(fp32, meta, dynamic_size, shape)
+        return FROM_ONNX[format](Graph(fp32, meta, shape, dynamic_size, calibration, calibration_method))
     except ResnetsError:
         raise
     except Exception as e:  # the exporters raise many types; to a user each means "this did not export"

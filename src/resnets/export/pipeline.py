@@ -8,6 +8,7 @@ validation ones it is then judged on).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,13 +28,13 @@ from ..fileio import atomic_write_bytes, atomic_write_json, check_writable
 from ..inference.exported import (ExportedModel, exported_format, load_classifier, load_exported,
                                   openvino_module)
 from ..inference.fold import for_inference
-from ..inference.outputs import check_output
+from ..inference.outputs import beside_weights, check_output
 from .check import DEFAULT_MARGIN, RTOL, SPEED_SECONDS, ExportReport, check_exact, compare
-from .formats import EXACT, FORMATS, HISTOGRAM_METHODS, SUFFIXES, Artefact, build_artefact, min_side
+from .formats import DEFAULT_NAMES, EXACT, FORMATS, HISTOGRAM_METHODS, SUFFIXES, Artefact, build_artefact, min_side
 
 DEFAULT_CHECK_IMAGES = 2000  # a ResNet-50 at 224 px runs both models over them in ~3 min on 2 cores
 DEFAULT_CALIBRATION_IMAGES = 256  # onnxruntime's examples use 100-500; more moved our digits top-1 by < 0.1
-CHECK_BATCH_SIZE = 32
+COMPARE_BATCH = 32
 
 
 class AccuracyDropError(ExportError):
@@ -91,8 +92,7 @@ def run_config(weights: str | Path | None) -> dict[str, Any] | None:
 
     if weights is None or not Path(weights).exists():
         return None
-    folder = Path(weights) if Path(weights).is_dir() else Path(weights).parent
-    config = read_config_yaml(folder)
+    config = read_config_yaml(beside_weights(weights, ""))
     return config if config and "dataset" in config else None
 
 
@@ -105,7 +105,7 @@ def _subset(dataset: Dataset, n: int, seed: int) -> Dataset:
 
 
 def _batches(dataset: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for images, labels, _ in DataLoader(dataset, batch_size=CHECK_BATCH_SIZE, collate_fn=collate_skipping):
+    for images, labels, _ in DataLoader(dataset, batch_size=COMPARE_BATCH, collate_fn=collate_skipping):
         if len(labels):
             yield images.float(), labels
 
@@ -126,12 +126,12 @@ class ExportData:
             r = self.run
             try:
                 self._splits = load_splits(r["dataset"], r.get("data_dir"), val_fraction=r.get("val_fraction", 0.2),
-                                           seed=r.get("seed", 0), max_image_mb=r.get("max_image_mb"))
+                                           seed=r.get("seed", 0), max_image_mb=r.get("max_image_mb"),
+                                           train_transform=self.transform, eval_transform=self.transform)
             except DataError as e:  # moved, or a relative path from another folder
                 raise ConfigError(f"the run's data, which the export is checked on, cannot be read ({e}): give "
                                   f"--data-dir DIR (and --calibration-dir DIR for int8), or --check-images 0 to "
                                   f"measure speed alone") from None
-            self._splits.train.transform = self._splits.val.transform = self.transform
         return self._splits
 
     def validation(self, limit: int) -> tuple[Dataset | None, str]:
@@ -147,19 +147,21 @@ class ExportData:
         where = " ".join(str(v) for v in (r["dataset"], r.get("data_dir")) if v)
         return _subset(self.splits().val, limit, 0), f"the run's val split ({where})"
 
-    def check_calibration(self) -> None:
-        if self.calibration_dir is None and self.run is None:
-            raise ConfigError("--format onnx-int8 calibrates on training images: export from a run folder, or "
-                              "give --calibration-dir DIR")
-
     def calibration(self, n: int) -> torch.Tensor:
+        """`n` preprocessed training images (a fixed draw): never the validation ones the export is judged on."""
         if self.calibration_dir is not None:
             root = Path(self.calibration_dir)
-            root = root / "train" if (root / "train").is_dir() else root
+            if (root / "train").is_dir():
+                root = root / "train"
+            elif (root / "val").is_dir() or (root / "test").is_dir():
+                raise ConfigError(f"--calibration-dir {root} has val/ or test/ but no train/: calibrate on "
+                                  f"training images (DIR/train, or a folder of class folders)")
             dataset, _, _ = load_eval_set(root, self.transform, None)
-        else:
-            self.check_calibration()
+        elif self.run is not None:
             dataset = self.splits().train
+        else:
+            raise ConfigError("--format onnx-int8 calibrates on training images: export from a run folder, or "
+                              "give --calibration-dir DIR")
         images = [batch for batch, _ in _batches(_subset(dataset, n, 1))]
         if not images:
             raise ConfigError("no readable calibration images")
@@ -188,10 +190,11 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, 
         rtol: the float32 formats' largest |exported - eager| logit, as a share of the largest eager one.
     """
     check_export_output(output, format, weights)
-    for name, value, low in (("--check-images", check_images, 0), ("--calibration-images", calibration_images, 1),
-                             ("--margin", margin, 0)):
-        if not value >= low:
-            raise ConfigError(f"{name} must be at least {low}, got {value}")
+    for name, value, low, high in (("--check-images", check_images, 0, math.inf),
+                                   ("--calibration-images", calibration_images, 1, math.inf),
+                                   ("--margin", margin, 0, 100), ("--time-s", speed_seconds, 0, 600)):
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be in {low}..{high}, got {value}")
     dev = resolve_device(device)
     input_size = export_input_size(model, img_size, dev)
     if format == "onnx-int8" and calibration_method in HISTOGRAM_METHODS:
@@ -200,9 +203,9 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", *, 
     data = ExportData(model, input_size, weights, data_dir, calibration_dir)
     validation, source = data.validation(check_images)  # its mistakes before the minutes of exporting
     check_sources(format, data, validation is not None, allow_accuracy_drop)
+    calibration = data.calibration(calibration_images) if format == "onnx-int8" else None
     artefact = build_artefact(model, format, input_size, dynamic_size=dynamic_size, opset=opset,
-                              calibration=lambda: data.calibration(calibration_images),
-                              calibration_method=calibration_method, device=dev)
+                              calibration=calibration, calibration_method=calibration_method, device=dev)
     exact = check_exact(model, artefact, input_size, rtol) if format in EXACT else None
     eager = for_inference(model.cpu(), torch.device("cpu"))
     report = compare(eager, artefact, _batches(validation) if validation is not None else iter(()), input_size,
@@ -227,18 +230,16 @@ def export_input_size(model: nn.Module, img_size: int | None, device: torch.devi
         if img_size < max(1, min_side(model)):
             raise ConfigError(f"--img-size must be at least {max(1, min_side(model))}, got {img_size}")
         height = width = img_size
-    check_activation_memory(model, (int(height), int(width)), CHECK_BATCH_SIZE, device, batch_flag=None,
+    check_activation_memory(model, (int(height), int(width)), COMPARE_BATCH, device, batch_flag=None,
                             what=f"--img-size {img_size}" if img_size is not None else "the weights' input_size")
     return int(chans), int(height), int(width)
 
 
 def check_sources(format: str, data: ExportData, labelled: bool, allow_accuracy_drop: bool) -> None:
     """What a format needs beyond the model, found missing before the minutes of exporting."""
-    if format == "onnx-int8":
-        if not labelled and not allow_accuracy_drop:
-            raise ConfigError("an int8 export is checked on labelled images before it is written: export from a "
-                              "run folder, or give --data-dir DIR; --allow-accuracy-drop writes it unchecked")
-        data.check_calibration()
+    if format == "onnx-int8" and not labelled and not allow_accuracy_drop:
+        raise ConfigError("an int8 export is checked on labelled images before it is written: export from a "
+                          "run folder, or give --data-dir DIR; --allow-accuracy-drop writes it unchecked")
     if format == "openvino":
         openvino_module()
 
@@ -274,13 +275,9 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def default_output(weights: str | Path | None, format: str) -> Path:
-    from .formats import DEFAULT_NAMES
-
-    if weights is not None and Path(weights).exists():
-        folder = Path(weights) if Path(weights).is_dir() else Path(weights).parent
-        return folder / DEFAULT_NAMES[format]
-    return Path(DEFAULT_NAMES[format])
-
+    """Beside the weights (in their run folder), else in this folder: model.onnx, model.int8.onnx, ..."""
+    exists = weights is not None and Path(weights).exists()
+    return beside_weights(weights, DEFAULT_NAMES[format]) if exists else Path(DEFAULT_NAMES[format])
 
 
 BACKENDS = ("torch", "onnx", "openvino")

@@ -9,6 +9,7 @@ with the limits of `models.metadata_schema` and checked against the graph's own 
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -26,8 +27,9 @@ from ..models.pretrained_cfg import PretrainedCfg
 
 METADATA_KEY = "resnets"  # same key as inside our safetensors files
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".xml": "openvino"}  # an exported file's runtime, by its name
+RUNTIME_OF_SUFFIX = {".onnx": "onnx", ".pt2": "pt2", ".xml": "openvino"}  # how an exported file runs, by its name
 
+MAX_PT2_ENTRY_BYTES = 256 * 2**20  # a .pt2's configs and sample inputs (read whole to be checked) are a few KB
 Runner = Callable[[torch.Tensor], torch.Tensor]  # (B, C, H, W) float32 -> (B, num_classes) logits
 
 
@@ -43,7 +45,7 @@ class ExportedModel(nn.Module):
         self.num_classes = int(metadata["num_classes"])
         self.class_names = list(metadata["class_names"])
         self.pretrained_cfg = PretrainedCfg.from_dict(metadata["pretrained_cfg"])
-        self.dynamic_size = bool(metadata.get("dynamic_size", False))
+        self.dynamic_size = metadata.get("dynamic_size", False) is True
 
     def labels(self) -> list[str]:
         return self.class_names
@@ -53,7 +55,24 @@ class ExportedModel(nn.Module):
         if not self.dynamic_size and tuple(x.shape[-2:]) != size:
             raise ConfigError(f"this export takes {size[0]}x{size[1]} images only, not {x.shape[-2]}x{x.shape[-1]}; "
                               f"export with --dynamic-size for other sizes")
-        return self._run(x.detach().float().cpu().contiguous()).to(x.device)
+        try:
+            logits = self._run(x.detach().float().cpu().contiguous())
+        except Exception as e:  # the runtime's own errors (onnxruntime's Fail, OpenVINO's, torch's)
+            raise ConfigError(f"the exported model cannot run a batch of shape {tuple(x.shape)}: "
+                              f"{type(e).__name__}: {first_line(e)}") from None
+        return torch.as_tensor(logits).to(x.device)
+
+    def probe(self, source: str | os.PathLike) -> "ExportedModel":
+        """Refuse (CheckpointError) a graph that does not give `num_classes` logits for one image of its input
+        size: the metadata's class names would then name other outputs than the graph's."""
+        try:
+            logits = self(torch.zeros(1, *self.pretrained_cfg.input_size))
+        except ConfigError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+        if tuple(logits.shape) != (1, self.num_classes):
+            raise CheckpointError(f"{source}: the graph gives logits of shape {tuple(logits.shape)} for one image, "
+                                  f"its metadata names {self.num_classes} classes")
+        return self
 
     def extra_repr(self) -> str:
         return f"{self.backend}: {self.source or self.arch_name}, {self.num_classes} classes"
@@ -72,6 +91,8 @@ def checked_metadata(text: str | bytes, source: str | os.PathLike, outputs: int 
         raise CheckpointError(f"{source}: the graph gives {outputs} logits but its metadata names {n} classes")
     if not (isinstance(names, list) and len(names) == n and all(isinstance(s, str) for s in names)):
         raise CheckpointError(f"{source}: class_names is not a list of {n} names")
+    if not isinstance(meta.get("dynamic_size", False), bool):
+        raise CheckpointError(f"{source}: dynamic_size={meta['dynamic_size']!r} is not true or false")
     if not isinstance(meta.get("pretrained_cfg"), dict):
         raise CheckpointError(f"{source}: no preprocessing (pretrained_cfg) in its metadata")
     try:
@@ -81,20 +102,25 @@ def checked_metadata(text: str | bytes, source: str | os.PathLike, outputs: int 
     return meta
 
 
+def no_metadata(source: str | os.PathLike) -> CheckpointError:
+    return CheckpointError(f"{source}: no resnets metadata (class names, preprocessing); export it with "
+                           f"`resnets export`")
+
+
 def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
 # ONNX -------------------------------------------------------------------------------------------------------------
-def onnx_runner(model: str | bytes, threads: int | None = None) -> tuple[Runner, Any]:
-    """An onnxruntime session on the CPU (a file path or the bytes of a model), and the session itself."""
+def onnx_runner(model: str | bytes) -> tuple[Runner, Any]:
+    """An onnxruntime session on the CPU (a file path or the bytes of a model), and the session itself. It takes
+    as many threads as torch (`torch.set_num_threads`): `serve --workers N` gives each process its share."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ConfigError("running an ONNX model needs onnxruntime: pip install 'resnets[export]'") from None
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return (lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])), session
@@ -109,36 +135,58 @@ def load_onnx(path: Path) -> ExportedModel:
         raise CheckpointError(f"{path}: not an ONNX model onnxruntime can run ({first_line(e)})") from None
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
-        raise CheckpointError(f"{path}: no resnets metadata (class names, preprocessing); export it with "
-                              f"`resnets export`")
+        raise no_metadata(path)
     outputs = _static(session.get_outputs()[0].shape[-1])
-    return ExportedModel(run, checked_metadata(props[METADATA_KEY], path, outputs), "onnx", str(path))
+    return ExportedModel(run, checked_metadata(props[METADATA_KEY], path, outputs), "onnx", str(path)).probe(path)
 
 
 # torch.export ------------------------------------------------------------------------------------------------------
 def pt2_runner(data: bytes | Path) -> tuple[Runner, dict[str, str]]:
-    """The program's module and its extra files; `torch.export.load` reads tensors without unpickling code."""
+    """The program's module, run on the device it was exported on, and its extra files."""
     extra = {METADATA_KEY: ""}
     program = torch.export.load(io.BytesIO(data) if isinstance(data, bytes) else data, extra_files=extra)
     module = program.module()
+    device = next(iter([*module.parameters(), *module.buffers()]), torch.empty(0)).device
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return module(x)
+            return module(x.to(device)).cpu()
     return run, extra
 
 
-def load_pt2(path: Path) -> ExportedModel:
+def check_pt2_archive(path: Path) -> None:
+    """Refuse a .pt2 whose loading would unpickle: `torch.export.load` reads a tensor marked `use_pickle`, a
+    legacy weights file and, failing weights-only, any .pt entry with `torch.load(weights_only=False)`, which
+    runs whatever code the file names. Ours hold raw tensor bytes only; every .pt entry must load weights-only."""
     if not zipfile.is_zipfile(path):  # torch.export.load would log a traceback before raising
         raise CheckpointError(f"{path}: not a torch.export program (not a zip archive)")
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename.endswith((".json", ".pt")) and info.file_size > MAX_PT2_ENTRY_BYTES:
+                raise CheckpointError(f"{path}: {info.filename} is {info.file_size:,} bytes, more than a "
+                                      f"resnets export holds there")
+            if info.filename.endswith("_config.json") and "/data/" in info.filename:
+                config = parse_json(archive.read(info), path, info.filename)
+                if '"use_pickle": true' in json.dumps(config):
+                    raise CheckpointError(f"{path}: {info.filename} marks tensors as pickled; pickles can run code, "
+                                          f"so this .pt2 is not loaded")
+            elif info.filename.endswith(".pt"):
+                try:
+                    torch.load(io.BytesIO(archive.read(info)), weights_only=True)
+                except Exception:  # UnpicklingError, or anything else weights-only refuses
+                    raise CheckpointError(f"{path}: {info.filename} holds pickled objects beyond tensors; pickles "
+                                          f"can run code, so this .pt2 is not loaded") from None
+
+
+def load_pt2(path: Path) -> ExportedModel:
+    check_pt2_archive(path)
     try:
         run, extra = pt2_runner(path)
     except Exception as e:  # a damaged zip, another format: torch raises many types
         raise CheckpointError(f"{path}: not a torch.export program ({type(e).__name__}: {first_line(e)})") from None
     if not extra.get(METADATA_KEY):
-        raise CheckpointError(f"{path}: no resnets metadata (class names, preprocessing); export it with "
-                              f"`resnets export`")
-    return ExportedModel(run, checked_metadata(extra[METADATA_KEY], path, None), "pt2", str(path))
+        raise no_metadata(path)
+    return ExportedModel(run, checked_metadata(extra[METADATA_KEY], path, None), "pt2", str(path)).probe(path)
 
 
 # OpenVINO ----------------------------------------------------------------------------------------------------------
@@ -154,7 +202,8 @@ def openvino_runner(ov_model: Any) -> Runner:
     ov = openvino_module()
     # float32 as exported: on CPUs with bf16 or fp16 units OpenVINO's default hint runs in those (0.03 off
     # on our digits model's logits), a precision choice that belongs to the export, not to the runtime
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                         "INFERENCE_NUM_THREADS": torch.get_num_threads()})
     request = compiled.create_infer_request()  # one per model: predict and serve call it from one thread
     return lambda x: torch.from_numpy(np.array(request.infer({0: x.numpy()})[compiled.output(0)]))
 
@@ -166,12 +215,12 @@ def load_openvino(path: Path) -> ExportedModel:
     except Exception as e:
         raise CheckpointError(f"{path}: not an OpenVINO IR ({first_line(e)}); its .bin must lie beside it") from None
     if not ov_model.has_rt_info([METADATA_KEY]):
-        raise CheckpointError(f"{path}: no resnets metadata (class names, preprocessing); export it with "
-                              f"`resnets export`")
+        raise no_metadata(path)
     text = str(ov_model.get_rt_info([METADATA_KEY]).astype(str))
     shape = ov_model.output(0).get_partial_shape()
     outputs = shape[-1].get_length() if shape[-1].is_static else None
-    return ExportedModel(openvino_runner(ov_model), checked_metadata(text, path, outputs), "openvino", str(path))
+    return ExportedModel(openvino_runner(ov_model), checked_metadata(text, path, outputs), "openvino",
+                         str(path)).probe(path)
 
 
 LOADERS = {"onnx": load_onnx, "pt2": load_pt2, "openvino": load_openvino}
@@ -179,14 +228,14 @@ LOADERS = {"onnx": load_onnx, "pt2": load_pt2, "openvino": load_openvino}
 
 def exported_format(source: str | Path | None) -> str | None:
     """"onnx", "pt2" or "openvino" for a path named like an exported file, else None (weights, runs, names)."""
-    return None if source is None else SUFFIXES.get(Path(source).suffix.lower())
+    return None if source is None else RUNTIME_OF_SUFFIX.get(Path(source).suffix.lower())
 
 
 def load_exported(path: str | Path) -> ExportedModel:
     path = Path(path)
     kind = exported_format(path)
     if kind is None:
-        raise ConfigError(f"{path}: not an exported model ({', '.join(SUFFIXES)})")
+        raise ConfigError(f"{path}: not an exported model ({', '.join(RUNTIME_OF_SUFFIX)})")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     return LOADERS[kind](path)
