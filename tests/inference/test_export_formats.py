@@ -13,11 +13,12 @@ from PIL import Image
 
 import resnets
 from resnets.errors import CheckpointError, ConfigError
-from resnets.export.pipeline import ExportData, export_model
+from resnets.export.pipeline import ExportData, export_model, load_on_backend
 from resnets.inference.exported import ExportedModel, load_classifier
 from resnets.hub import load_model
 from resnets.inference.fold import for_inference
 from resnets.inference.predict import predict_images
+from resnets.inference.tta import TTAConfig
 
 pytest.importorskip("onnxruntime")
 FAST = dict(check_images=200, calibration_images=64, speed_seconds=0.02)
@@ -94,12 +95,20 @@ def test_predict_runs_an_onnx_file_named_by_model(run, onnx_file, tmp_path, run_
     assert [r["top1_class"] for r in rows] == [p.classes[0] for p in want]
     np.testing.assert_allclose([float(r["top1_prob"]) for r in rows], [p.probabilities[0] for p in want],
                                atol=1e-4)
-    # TTA works on the file too; a size it was not exported for is one line naming the fix
+    # TTA works on the file too ...
+    want = predict_images(model, files, topk=3, tta=TTAConfig())
+    code, _, err = run_cli(capsys, "predict", "--model", path, "--topk", "3", "--tta", "--output",
+                           tmp_path / "tta.csv", *files)
+    assert code == 0, err
+    rows = read_csv(tmp_path / "tta.csv")
+    np.testing.assert_allclose([float(r["top1_prob"]) for r in rows], [p.probabilities[0] for p in want],
+                               atol=1e-4)
+    # ... and a size it was not exported for is one line naming the fix
     code, _, err = run_cli(capsys, "predict", "--model", path, "--tta-size", "40", *files)
     assert code == 2 and "export with --dynamic-size" in err and len(err.strip().splitlines()) == 1
 
 
-def test_eval_runs_an_exported_file(run, tmp_path, work, run_cli, capsys) -> None:
+def test_eval_runs_an_exported_file(tmp_path, work, run_cli, capsys) -> None:
     model = load_model(work["run"])
     path = export_model(model, tmp_path / "model.pt2", "pt2", **FAST).path
     code, out, err = run_cli(capsys, "eval", "--weights", path, "--data-dir", work["data"], "--output",
@@ -107,6 +116,7 @@ def test_eval_runs_an_exported_file(run, tmp_path, work, run_cli, capsys) -> Non
     assert code == 0, err
     code, torch_out, err = run_cli(capsys, "eval", "--weights", work["run"], "--data-dir", work["data"],
                                    "--output", tmp_path / "eval_torch", "--workers", "0")
+    assert code == 0, err
     assert out.splitlines()[1] == torch_out.splitlines()[1]  # the same top-1, top-5 and loss line
     code, _, err = run_cli(capsys, "eval", "--weights", path, "--data-dir", work["data"], "--output",
                            tmp_path / "eval2", "--top-losses-cam")
@@ -331,3 +341,22 @@ def test_a_calibration_folder_of_validation_images_is_refused(run, work, tmp_pat
                            tmp_path / "m.onnx", "--calibration-dir", work["data"])
     assert_one_line_error(code, err, "export")
     assert "no train/" in err and list(tmp_path.iterdir()) == []
+
+
+def test_an_exported_file_runs_on_its_own_runtime_only(onnx_file) -> None:
+    assert load_on_backend(onnx_file, backend="onnx").backend == "onnx"
+    with pytest.raises(ConfigError, match="runs on onnx; --backend torch cannot run it"):
+        load_on_backend(onnx_file, backend="torch")
+    with pytest.raises(ConfigError, match="carries its architecture"):
+        load_classifier(onnx_file, "resnet50")
+
+
+def test_histogram_calibration_that_cannot_fit_in_memory_is_refused_first(run, tmp_path, monkeypatch, run_cli,
+                                                                          capsys, assert_one_line_error) -> None:
+    from resnets.export import pipeline
+
+    monkeypatch.setattr(pipeline, "available_bytes", lambda device: 64 * 2**20)
+    code, _, err = run_cli(capsys, "export", "--weights", run, "--format", "onnx-int8", "--output",
+                           tmp_path / "m.onnx", "--calibration-method", "entropy", "--calibration-images", "100000")
+    assert_one_line_error(code, err, "export")
+    assert "keeps every activation" in err and "--calibration-images" in err and list(tmp_path.iterdir()) == []
