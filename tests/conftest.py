@@ -5,6 +5,7 @@ depend on nothing but pytest's own discovery.
 """
 from __future__ import annotations
 
+import shutil
 from typing import Callable
 
 import numpy as np
@@ -160,3 +161,13 @@ def tiny_classifier() -> nn.Module:
     """cifar_resnet20 fitted to the three synthetic classes (`TINY_CLASSES`), trained once a session: save it or
     copy it, never change it."""
     return _train_tiny_classifier()
+
+
+@pytest.fixture
+def chromium_binary() -> str:
+    """Debian's headless Chromium, for the tests of pages; they skip where it is missing."""
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("no chromium on PATH: `make test` installs Debian's package where apt-get can; install it to "
+                    "check the pages in a browser")
+    return path

@@ -130,14 +130,6 @@ def test_an_eval_folder_page_escapes_and_caps_its_lists(tmp_path: Path, capsys) 
     assert "confusion_matrix.png is missing" in page and "predictions.csv is missing" in page
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.skip("no chromium on PATH: `make test` installs Debian's package where apt-get can; install it to "
-                    "check the report page in a browser")
-    return path
-
-
 def _browse(chromium: str, page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
                f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args, page.resolve().as_uri()]
@@ -147,8 +139,8 @@ def _browse(chromium: str, page: Path, profile: Path, *args: str) -> subprocess.
         pytest.fail(f"chromium did not finish within {BROWSER_TIMEOUT} s")
 
 
-def test_the_page_in_a_real_browser(run: Path, tmp_path: Path) -> None:
-    chromium = _chromium()
+def test_the_page_in_a_real_browser(run: Path, tmp_path: Path, chromium_binary: str) -> None:
+    chromium = chromium_binary
     page = run / "report.html"
     shot = tmp_path / "page.png"
     done = _browse(chromium, page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,3000")

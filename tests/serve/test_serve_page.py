@@ -7,7 +7,6 @@ import contextlib
 import copy
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -28,18 +27,10 @@ BROWSER_TIMEOUT = 60  # seconds for Chromium to start, and for each wait on the 
 MARKUP_CLASS = '<img src=x onerror="document.title=1">&amp;'  # a class folder's name, as a user may have made it
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.skip("no chromium on PATH: `make test` installs Debian's package where apt-get can; install it to "
-                    "check the serve page in a browser")
-    return path
-
-
 @contextlib.contextmanager
-def chromium(profile: Path) -> Iterator[str]:
+def chromium(binary: str, profile: Path) -> Iterator[str]:
     """A headless Chromium; yields its DevTools websocket URL (from the line it writes on stderr)."""
-    process = subprocess.Popen([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    process = subprocess.Popen([binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                 "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={profile}",
                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     found: list[str] = []
@@ -105,14 +96,13 @@ class DevTools:
                 or e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
 
 
-def test_a_picked_image_shows_its_class_and_grad_cam_in_a_browser(tiny, serving, tmp_path):
-    _chromium()
+def test_a_picked_image_shows_its_class_and_grad_cam_in_a_browser(tiny, serving, tmp_path, chromium_binary):
     model = copy.deepcopy(tiny["model"])
     model.class_names = [MARKUP_CLASS, "banana", "cherry"]
     image = tiny["files"][0]  # class 0's pattern
     expected = predict_images(model, [image], device="cpu")[0]
     assert expected.classes[0] == MARKUP_CLASS
-    with serving(model) as url, chromium(tmp_path / "profile") as devtools_url, \
+    with serving(model) as url, chromium(chromium_binary, tmp_path / "profile") as devtools_url, \
             connect(devtools_url, max_size=None, open_timeout=BROWSER_TIMEOUT) as ws:
         dt = DevTools(ws)
         target = dt.call("Target.createTarget", url="about:blank")["targetId"]
