@@ -360,3 +360,14 @@ def test_histogram_calibration_that_cannot_fit_in_memory_is_refused_first(run, t
                            tmp_path / "m.onnx", "--calibration-method", "entropy", "--calibration-images", "100000")
     assert_one_line_error(code, err, "export")
     assert "keeps every activation" in err and "--calibration-images" in err and list(tmp_path.iterdir()) == []
+
+
+def test_openvino_without_its_package_is_one_line_before_any_work(run, tmp_path, monkeypatch, run_cli, capsys,
+                                                                 assert_one_line_error) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError, installed or not
+    code, _, err = run_cli(capsys, "export", "--weights", run, "--format", "openvino", "--output",
+                           tmp_path / "m.xml")
+    assert_one_line_error(code, err, "export")
+    assert "pip install 'resnets[openvino]'" in err and list(tmp_path.iterdir()) == []
