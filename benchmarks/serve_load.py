@@ -1,12 +1,13 @@
 """A bounded load test of `resnets serve` from a real HTTP client, against `resnets predict`'s batch rate.
 
     python benchmarks/serve_load.py SOURCE [--backend torch|onnx] [--clients 1,8,32] [--requests 256]
-        [--max-batch 32] [--max-wait-ms 5] [--time-limit-s 120] [--label NAME] [--results FILE.jsonl]
+        [--max-batch 32] [--max-wait-ms 5] [--workers 1] [--time-limit-s 120] [--label NAME]
+        [--results FILE.jsonl]
 
-The server runs as `resnets serve SOURCE --port P` in its own process on 127.0.0.1. For each number of clients,
-that many httpx clients send one image per request (raw JPEG bytes) until `--requests` have been sent, or the
-time limit ends the level (the test stops by itself); throughput (images/s over the level's wall time), p50 and
-p99 latency and errors are recorded. The baseline is `predict_images` on the same JPEG files at batch 32 in this
+The server runs as `resnets serve SOURCE --port P --workers N` in its own processes on 127.0.0.1. For each number
+of clients, that many httpx clients send one image per request (raw JPEG bytes) until `--requests` have been sent,
+or the time limit ends the level (the test stops by itself); throughput (images/s over the level's wall time), p50
+and p99 latency and errors are recorded. The baseline is `predict_images` on the same JPEG files at batch 32 in this
 process on the same backend (decode and preprocessing included, as the server's are): "ratio" is served img/s
 over it. Results: one JSON line per level in benchmarks/results/<date>-cpu-serve.jsonl, and a markdown table.
 
@@ -139,6 +140,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--workers", type=int, default=1, help="resnets serve --workers")
     p.add_argument("--image-side", type=int, default=256)
     p.add_argument("--time-limit-s", type=float, default=120.0)
     p.add_argument("--label", default=None)
@@ -150,7 +152,8 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "resnets", "serve", args.source, "--port", str(port), "--backend", args.backend,
-               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+               "--workers", str(args.workers)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rows = []
     try:
@@ -159,8 +162,8 @@ def main() -> None:
         for clients in map(int, args.clients.split(",")):
             row = load_test(url, images, clients, args.requests, args.time_limit_s)
             row |= {"label": args.label or Path(args.source).name, "source": args.source, "backend": args.backend,
-                    "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "image_side": args.image_side,
-                    "predict_img_per_s": baseline, "ratio": row["img_per_s"] / baseline,
+                    "workers": args.workers, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+                    "image_side": args.image_side, "predict_img_per_s": baseline, "ratio": row["img_per_s"] / baseline,
                     "load_average": os.getloadavg()[0], "date": datetime.datetime.now().isoformat(timespec="seconds")}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
@@ -173,12 +176,13 @@ def main() -> None:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-    print("| model | backend | clients | requests | img/s | p50 ms | p99 ms | errors | predict b32 img/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | backend | workers | clients | requests | img/s | p50 ms | p99 ms | errors | predict b32 img/s "
+          "| ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['backend']} | {r['clients']} | {r['requests']} | {r['img_per_s']:.1f} | "
-              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['predict_img_per_s']:.1f} | "
-              f"{r['ratio']:.2f} |")
+        print(f"| {r['label']} | {r['backend']} | {r['workers']} | {r['clients']} | {r['requests']} | "
+              f"{r['img_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | "
+              f"{r['predict_img_per_s']:.1f} | {r['ratio']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -194,3 +195,17 @@ def content_digest(obj: Any) -> str:
 
     feed(obj)
     return h.hexdigest()
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int, holds: str) -> bytes:
+    """The bytes of `path`, read only if it is a regular file of at most `max_bytes`: a FIFO would block the read
+    forever, /dev/zero fill the memory. ValueError says why not ("`holds`": what such a file holds at most);
+    OSError as the system raises it."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > max_bytes:
+        raise ValueError(f"{info.st_size:,} bytes, more than {holds} ({max_bytes:,} at most)")
+    with open(path, "rb") as f:
+        return f.read(max_bytes + 1)  # bounded, should the file have grown since the stat
+

@@ -7,9 +7,11 @@ import copy
 import io
 import socket
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -229,9 +231,14 @@ def test_grad_cam_answers_a_png_of_the_model_input(client, tiny):
     assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
     assert r.headers["x-predicted-index"] == str(CLASSES.index("cherry"))
     assert np.asarray(image).std() > 5  # a heatmap over an image, not a blank square
-    form = [("f", (f.name, f.read_bytes())) for f in tiny["files"][:2]]
-    assert_refused(client.post("/cam", files=form), 400, "/cam takes one image, got 2")
     assert_refused(client.post("/cam", content=b"no image", headers=PNG), 400, "not an image")
+    assert_serving(client, tiny)
+
+
+def test_grad_cam_refuses_a_form_of_two_files_before_decoding_either(client, tiny):
+    form = [("f", ("a.png", b"not an image")), ("f", ("b.png", b"nor this"))]  # decoded, a.png would be refused
+    assert_refused(client.post("/cam", files=form), 413, "too many images: more than 1 in one request (/cam takes "
+                                                         "one image)")
     assert_serving(client, tiny)
 
 
@@ -283,24 +290,33 @@ def test_a_full_queue_answers_503_and_the_waiting_requests_still_get_theirs(tiny
             assert_serving(client, tiny)
 
 
-def _fails_on_white(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` that raises on a batch holding an all-white image (a forward pre-hook also keeps
+def _has_blank(batch: torch.Tensor) -> bool:
+    return bool((batch.flatten(2).std(dim=2) < 1e-6).all(dim=1).any())  # (B, C) spreads: some image is one colour
+
+
+def _with_pre_hook(model: torch.nn.Module, hook: Callable[[torch.Tensor], None]) -> torch.nn.Module:
+    """A copy of `model` that calls `hook(batch)` before each forward (a forward pre-hook also keeps
     `for_inference` from folding it: the hook must run)."""
-    failing = copy.deepcopy(model)
-
-    def refuse_white(module: torch.nn.Module, args: tuple) -> None:
-        if (args[0].flatten(2).std(dim=2) < 1e-6).all(dim=1).any():  # (B, C) spreads: some image is one colour
-            raise RuntimeError("injected failure on a blank image")
-
-    failing.register_forward_pre_hook(refuse_white)
-    return failing
+    hooked = copy.deepcopy(model)
+    hooked.register_forward_pre_hook(lambda module, args: hook(args[0]))
+    return hooked
 
 
-def test_a_model_failure_fails_its_batch_with_500_and_the_service_goes_on(tiny, serving, encode):
+def _refuse_white(batch: torch.Tensor) -> None:
+    if _has_blank(batch):
+        raise RuntimeError("injected failure on a blank image")
+
+
+def test_a_model_failure_fails_its_batch_with_500_and_the_service_goes_on(tiny, serving, encode, capsys):
     white = encode(np.full((40, 40, 3), 255, np.uint8), "PNG")
-    with serving(_fails_on_white(tiny["model"])) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+    with serving(_with_pre_hook(tiny["model"], _refuse_white)) as url, \
+            httpx.Client(base_url=url, timeout=TIMEOUT) as client:
         r = client.post("/predict", content=white, headers=PNG)
-        assert_refused(r, 500, "the model failed on a batch of 1: RuntimeError: injected failure on a blank image")
+        # The client reads the type; the model's own words, which may name files or inputs, go to the log
+        assert_refused(r, 500, "the model failed on a batch of 1 (RuntimeError); the server's log has the error")
+        assert "blank image" not in r.text
+        assert ("resnets serve: the model failed on a batch of 1: RuntimeError: injected failure on a blank image"
+                in capsys.readouterr().err)
         assert_serving(client, tiny)
         r = client.post("/cam", content=white, headers=PNG)
         assert_refused(r, 500, "internal error (RuntimeError); the server's log has the traceback")
@@ -309,6 +325,68 @@ def test_a_model_failure_fails_its_batch_with_500_and_the_service_goes_on(tiny, 
         page = samples(client.get("/metrics").text)
         assert page[("resnets_errors_total", (("reason", "model"),))] == 1
         assert page[("resnets_errors_total", (("reason", "internal"),))] == 1
+
+
+def test_grad_cam_jobs_count_against_the_queue_limit(tiny, serving):
+    slow = _with_pre_hook(tiny["model"], lambda batch: time.sleep(0.75))  # Grad-CAM runs the hooked model
+    with serving(slow, max_queue=2, max_images=1) as url:
+        async def fire() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+                return await asyncio.gather(*(client.post("/cam", **raw(tiny["files"][0])) for _ in range(4)))
+
+        answers = asyncio.run(fire())
+    statuses = [r.status_code for r in answers]
+    # One runs and one waits; those arriving meanwhile are refused (all four within the first 0.75 s, but for
+    # a very busy machine)
+    assert set(statuses) == {200, 503} and statuses.count(200) >= 2, statuses
+    assert_refused(next(r for r in answers if r.status_code == 503), 503, "would pass the 2 of --max-queue")
+
+
+def test_no_more_images_are_decoded_at_once_than_there_are_cores(tiny, serving, monkeypatch):
+    import resnets.serve.app as app_module
+    from resnets.serve.requests import preprocess
+
+    lock, decoding, most = threading.Lock(), 0, 0
+
+    def slow_preprocess(*args):
+        nonlocal decoding, most
+        with lock:
+            decoding += 1
+            most = max(most, decoding)
+        time.sleep(0.2)
+        try:
+            return preprocess(*args)
+        finally:
+            with lock:
+                decoding -= 1
+
+    monkeypatch.setattr(app_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(app_module, "preprocess", slow_preprocess)
+    with serving(tiny["model"]) as url:
+        assert all(r.status_code == 200 for r in _fire(url, tiny["files"], 6))
+    assert most == 2  # Starlette's thread pool alone would have run all six at once
+
+
+def test_post_requests_beyond_max_in_flight_answer_503_before_their_body_is_read(tiny, serving):
+    with serving(tiny["model"], max_in_flight=2, max_wait_ms=1000) as url:
+        async def scenario() -> tuple[httpx.Response, list[httpx.Response]]:
+            async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+                waiting = [asyncio.create_task(client.post("/predict", **raw(f))) for f in tiny["files"][:2]]
+                deadline = time.monotonic() + 10
+                while samples((await client.get("/metrics")).text)[("resnets_queue_depth", ())] < 2:
+                    assert time.monotonic() < deadline and not any(t.done() for t in waiting)
+                    await asyncio.sleep(0.02)
+                assert (await client.get("/health")).status_code == 200  # a GET reads no body: still answered
+                refused = await client.post("/predict", **raw(tiny["files"][0]))
+                return refused, list(await asyncio.gather(*waiting))
+
+        refused, served = asyncio.run(scenario())
+        assert_refused(refused, 503, "busy: 2 requests in flight, the 2 of --max-in-flight; retry later")
+        assert refused.headers["retry-after"] == "1" and refused.headers["connection"] == "close"
+        assert [r.status_code for r in served] == [200, 200]
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+            assert_serving(client, tiny)
+            assert samples(client.get("/metrics").text)[("resnets_errors_total", (("reason", "busy"),))] == 1
 
 
 class WithoutGradients(torch.nn.Module):
@@ -335,6 +413,59 @@ def test_a_model_without_gradients_predicts_but_refuses_grad_cam(tiny, serving):
         assert r.status_code == 200 and r.json()["predictions"][0]["top"][0]["class"] == "cherry"
         assert_refused(client.post("/cam", **raw(tiny["files"][2])), 400,
                        "Grad-CAM needs the torch backend; this model runs on onnxruntime")
+
+
+class WrongRows(WithoutGradients):
+    """Answers a batch holding an all-white image with one row of logits too few (extra=-1) or too many (+1)."""
+
+    def __init__(self, model: torch.nn.Module, extra: int) -> None:
+        super().__init__(model)
+        self.extra = extra
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(batch)
+        if _has_blank(batch):
+            logits = logits[:-1] if self.extra < 0 else torch.cat([logits, logits[:1]])
+        return logits.numpy()
+
+
+@pytest.mark.parametrize("extra", [-1, 1])
+def test_a_model_answering_the_wrong_number_of_rows_fails_its_batch_and_the_service_goes_on(tiny, serving, encode,
+                                                                                          capsys, extra):
+    white = encode(np.full((40, 40, 3), 255, np.uint8), "PNG")
+    # A short timeout: a request whose row never comes would otherwise wait for the client's 30 s
+    with serving(WrongRows(tiny["model"], extra)) as url, httpx.Client(base_url=url, timeout=5) as client:
+        r = client.post("/predict", content=white, headers=PNG)
+        assert_refused(r, 500, "the model failed on a batch of 1 (ValueError); the server's log has the error")
+        assert_serving(client, tiny)
+    err = capsys.readouterr().err
+    assert f"the model answered a ({1 + extra}, 3) tensor to a batch of 1; expected (1, num_classes)" in err
+
+
+def test_an_error_in_the_batcher_fails_its_batch_and_later_batches_still_run(capsys):
+    from resnets.serve.batching import MicroBatcher
+
+    sizes: list[int] = []
+
+    def on_batch(size: int) -> None:  # a bug in the batch's bookkeeping, once
+        sizes.append(size)
+        if len(sizes) == 1:
+            raise TypeError("injected bug")
+
+    async def scenario() -> list[torch.Tensor]:
+        batcher = MicroBatcher(lambda x: torch.zeros(len(x), 3), max_batch=4, max_wait_s=0, max_queue=8,
+                               on_batch=on_batch)
+        await batcher.start()
+        try:
+            with pytest.raises(TypeError, match="injected bug"):
+                await asyncio.wait_for(batcher.submit([torch.zeros(3, 2, 2)]), 5)
+            return await asyncio.wait_for(batcher.submit([torch.zeros(3, 2, 2)] * 2), 5)
+        finally:
+            await batcher.stop()
+
+    rows = asyncio.run(scenario())
+    assert sizes == [1, 2] and [r.shape for r in rows] == [(3,), (3,)]
+    assert "the batcher failed on a batch of 1: TypeError: injected bug" in capsys.readouterr().err
 
 
 def test_weights_served_on_onnx_runtime_answer_as_torch_does(tiny, serving, client):

@@ -2,6 +2,7 @@
 requests in flight finish and exits 0, in one process and with worker processes."""
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import threading
@@ -35,6 +36,10 @@ def one_line_error(capsys: pytest.CaptureFixture, *argv: str | Path) -> str:
     (["--port", "70000"], "--port must be in 1..65535, got 70000"),
     (["--workers", "0"], "--workers must be >= 1"),
     (["--api-key", " "], "--api-key is empty"),
+    (["--api-key", "clé"], "the API key must be printable ASCII without spaces or control characters"),
+    (["--api-key", "two words"], "the API key must be printable ASCII"),
+    (["--api-key", "tab\tin-it"], "the API key must be printable ASCII"),
+    (["--max-in-flight", "0"], "--max-in-flight must be >= 1, got 0"),
     (["--device", "tpu"], "is not a device"),
 ])
 def test_a_bad_argument_is_one_line_before_the_model_loads(capsys, tmp_path, argv, fragment):
@@ -51,6 +56,15 @@ def test_an_unreadable_or_empty_key_file_is_one_line(capsys, tmp_path):
     (tmp_path / "key.txt").write_text("k\n")
     assert "not allowed with argument" in one_line_error(capsys, tmp_path, "--api-key", "k", "--api-key-file",
                                                          tmp_path / "key.txt")
+
+
+@pytest.mark.timeout(20)  # opening a FIFO waits for a writer: a read before the check would never end
+def test_a_key_file_that_is_not_a_regular_file_or_is_too_large_is_one_line(capsys, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    assert "fifo: not a regular file" in one_line_error(capsys, tmp_path, "--api-key-file", tmp_path / "fifo")
+    (tmp_path / "big.txt").write_bytes(b"the-key\n" + b"x" * 70_000)
+    err = one_line_error(capsys, tmp_path, "--api-key-file", tmp_path / "big.txt")
+    assert "big.txt: 70,008 bytes, more than a key file holds (65,536 at most)" in err
 
 
 def test_no_source_and_a_port_in_use_are_one_line(capsys, tiny):

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import reprlib
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..fileio import read_bounded
 from .blocks import BLOCKS
 from .layers import ATTENTION, GlobalPool
 from .resnet import STEMS, ResNetConfig
@@ -54,14 +54,9 @@ def read_json_file(path: str | os.PathLike) -> dict[str, Any]:
     a FIFO would block the read forever, /dev/zero fill the memory."""
     path = Path(path)
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise CheckpointError(f"{path}: not a regular file")
-        if info.st_size > MAX_JSON_BYTES:
-            raise CheckpointError(f"{path}: {info.st_size:,} bytes, more than a config holds "
-                                  f"({MAX_JSON_BYTES:,} at most)")
-        with open(path, "rb") as f:
-            text = f.read(MAX_JSON_BYTES + 1)
+        text = read_bounded(path, MAX_JSON_BYTES, "a config holds")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     except OSError as e:
         raise CheckpointError(f"{path}: not readable ({e.strerror or e})") from None
     data = parse_json(text, path, "the file")

@@ -5,6 +5,7 @@ Every refused request answers {"detail": "<one line>"} with a 4xx status, and th
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -12,6 +13,7 @@ import hmac
 import importlib.metadata
 import io
 import math
+import os
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any, AsyncIterator, Callable
@@ -39,6 +41,8 @@ from .batching import BatchFailed, MicroBatcher, QueueFull
 from .metrics import RequestMetrics, ServeMetrics
 from .requests import CLOSE, RequestError, preprocess, read_uploads
 
+KEY_CHARS = frozenset(map(chr, range(0x21, 0x7F)))  # printable ASCII but the space: see check_api_key
+
 OPEN_PATHS = ("/health",)  # answered without the API key: a load balancer's probe holds no secret
 REALM = 'Basic realm="resnets"'  # a browser asks for a password, and sends the key as one from then on
 PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob: data:; "
@@ -61,7 +65,9 @@ class ServeSettings:
         max_pixels: the most pixels an image may declare; at most Pillow's own limit (PIL.Image.MAX_IMAGE_PIXELS),
             which decode_image enforces after it.
         read_timeout_s: the whole body must arrive within this many seconds of the headers.
-        api_key: when set, every route but /health asks for it.
+        max_in_flight: the most POST requests (the ones with a body to read and images to decode) served at
+            once; beyond, 503 before the body is read.
+        api_key: when set, every route but /health asks for it; printable ASCII without spaces.
         device: where a torch model runs (auto, cpu, cuda, cuda:N).
     """
 
@@ -72,11 +78,12 @@ class ServeSettings:
     max_body_mb: float = 20.0
     max_pixels: int = 40_000_000
     read_timeout_s: float = 10.0
+    max_in_flight: int = 64
     api_key: str | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_images"):
+        for name in ("max_batch", "max_queue", "max_images", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name, low in (("max_body_mb", 0), ("read_timeout_s", 0)):
@@ -90,8 +97,8 @@ class ServeSettings:
         if self.max_queue < self.max_images:
             raise ConfigError(f"--max-queue {self.max_queue} is below --max-images {self.max_images}: a request of "
                               f"that many images could never be queued")
-        if self.api_key is not None and not self.api_key:
-            raise ConfigError("the API key is empty")
+        if self.api_key is not None:
+            check_api_key(self.api_key)
 
     @property
     def max_body_bytes(self) -> int:
@@ -100,6 +107,26 @@ class ServeSettings:
     def limits(self) -> dict[str, Any]:
         """What a client may send, for /metadata (the key left out)."""
         return {k: v for k, v in asdict(self).items() if k not in ("api_key", "device")}
+
+
+def check_api_key(key: str) -> None:
+    """Starlette reads header values as latin-1 and `presented_keys` encodes them as UTF-8, so a key beyond ASCII
+    could never match; a space or a control character would not survive a header or a Basic password either."""
+    if not key:
+        raise ConfigError("the API key is empty")
+    if not set(key) <= KEY_CHARS:
+        raise ConfigError("the API key must be printable ASCII without spaces or control characters: an HTTP "
+                          "header cannot carry it otherwise")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def describe_model(model: nn.Module) -> tuple[str, str]:
+    """(architecture, backend) of any model `load_on_backend` returns."""
+    return getattr(model, "arch_name", None) or type(model).__name__, getattr(model, "backend", "torch")
 
 
 def resnets_version() -> str:
@@ -142,6 +169,35 @@ class ApiKeyAuth:
         await JSONResponse({"detail": detail}, 401, headers=headers)(scope, receive, send)
 
 
+class RequestLimit:
+    """ASGI middleware: at most `limit` POST requests in flight; beyond, 503 before any of the body is read.
+
+    Each holds a body of up to --max-body-mb while it is read and parsed, and nothing else bounded how many
+    were. Not uvicorn's limit_concurrency: it counts open connections, its own and idle kept-alive ones too, so
+    N - 1 silent sockets refuse every request for as long as they stay open (uvicorn 0.55, measured), and its
+    503 is plain text. GETs read no body and are answered in microseconds: /health and /metrics still answer
+    when the service is full, which is when a probe or a scrape matters."""
+
+    def __init__(self, app: Any, limit: int, on_refused: Callable[[], None]) -> None:
+        self.app, self.limit, self.on_refused = app, limit, on_refused
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.on_refused()
+            detail = f"busy: {self.in_flight} requests in flight, the {self.limit} of --max-in-flight; retry later"
+            await JSONResponse({"detail": detail}, 503, headers={"Retry-After": "1", **CLOSE})(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def cam_png(model: nn.Module, image: torch.Tensor, device: torch.device) -> tuple[bytes, int]:
     """The Grad-CAM heatmap of the predicted class over the preprocessed (C, H, W) `image`, as PNG bytes; and
     that class."""
@@ -174,7 +230,7 @@ def add_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
     async def queue_full(request: Request, e: QueueFull) -> JSONResponse:
         return error(503, "queue_full", f"busy: {e}; retry later", {"Retry-After": "1"})
 
-    @app.exception_handler(BatchFailed)
+    @app.exception_handler(BatchFailed)  # its text names the type only; the model's message went to the log
     async def batch_failed(request: Request, e: BatchFailed) -> JSONResponse:
         return error(500, "model", str(e))
 
@@ -225,12 +281,13 @@ def batch_forward(model: nn.Module, device: torch.device) -> Callable[[torch.Ten
 
 
 def create_app(model: nn.Module,  # long: the routes are closures over one model's batcher, metrics and limits
-               settings: ServeSettings = ServeSettings()) -> FastAPI:
+               settings: ServeSettings = ServeSettings(), decoders: int | None = None) -> FastAPI:
     """The service of `model` (any classifier `export.pipeline.load_on_backend` returns), started and stopped by
     the ASGI lifespan: run it under uvicorn, or any ASGI server that sends lifespan events. A torch model is moved
-    to `settings.device`; an exported one runs where its runtime puts it."""
+    to `settings.device`; an exported one runs where its runtime puts it. At most `decoders` images (default: one
+    per usable core) are decoded at once."""
     names, cfg = model.labels(), model.pretrained_cfg.for_eval()
-    arch, backend = getattr(model, "arch_name", None) or type(model).__name__, getattr(model, "backend", "torch")
+    arch, backend = describe_model(model)
     transform = eval_transform(cfg)
     explains, device = has_parameters(model), resolve_device(settings.device)
     forward = batch_forward(model, device) if explains else model
@@ -238,6 +295,9 @@ def create_app(model: nn.Module,  # long: the routes are closures over one model
     batcher = MicroBatcher(forward, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
                            max_queue=settings.max_queue, on_batch=metrics.batch_size.observe)
     metrics.queue_depth.set_function(lambda: batcher.depth)  # read when /metrics is asked for
+    # Decoding is CPU work in threads: more at once than cores cannot go faster, and each holds up to
+    # --max-pixels x 3 bytes, where Starlette's thread pool alone would run 40.
+    decoding = asyncio.Semaphore(decoders or usable_cores())
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
     model_info = {"model": arch, "num_classes": len(names), "class_names": names, "preprocessing": cfg.to_dict(),
                   "resnets_version": resnets_version(), "backend": backend, "grad_cam": explains,
@@ -253,6 +313,8 @@ def create_app(model: nn.Module,  # long: the routes are closures over one model
 
     app = FastAPI(title="resnets classifier", version=resnets_version(), lifespan=lifespan,
                   description=f"{arch}: {len(names)} classes. POST images to /predict.")
+    app.add_middleware(RequestLimit, limit=settings.max_in_flight,  # inside ApiKeyAuth: a 401 takes no place
+                       on_refused=lambda: metrics.errors.labels("busy").inc())
     if settings.api_key is not None:
         app.add_middleware(ApiKeyAuth, key=settings.api_key,
                            on_refused=lambda: metrics.errors.labels("unauthorized").inc())
@@ -260,10 +322,11 @@ def create_app(model: nn.Module,  # long: the routes are closures over one model
 
     add_error_handlers(app, metrics)
 
-    async def images_of(request: Request) -> tuple[list[str], list[torch.Tensor]]:
+    async def images_of(request: Request, max_images: int, limit: str) -> tuple[list[str], list[torch.Tensor]]:
         uploads = await read_uploads(request, max_bytes=settings.max_body_bytes, timeout_s=settings.read_timeout_s,
-                                     max_images=settings.max_images)
-        images = await run_in_threadpool(preprocess, uploads, transform, settings.max_pixels)
+                                     max_images=max_images, limit=limit)
+        async with decoding:
+            images = await run_in_threadpool(preprocess, uploads, transform, settings.max_pixels)
         return [u.name for u in uploads], images
 
     @app.post("/predict", openapi_extra=IMAGES_BODY, summary="top-k classes of one image or several")
@@ -273,7 +336,7 @@ def create_app(model: nn.Module,  # long: the routes are closures over one model
         if not 1 <= k <= len(names):
             raise RequestError(400, "bad_topk", f"topk {k}: the model has {len(names)} classes, so k must be in "
                                                 f"1..{len(names)}")
-        files, images = await images_of(request)
+        files, images = await images_of(request, settings.max_images, "--max-images")
         probabilities = await batcher.submit(images)
         metrics.images.inc(len(images))
         return {"model": arch, "predictions": [{"file": file, "top": top_classes(p, k, names)}
@@ -285,9 +348,7 @@ def create_app(model: nn.Module,  # long: the routes are closures over one model
     async def cam(request: Request) -> Response:
         if not explains:
             raise RequestError(400, "no_gradients", f"Grad-CAM needs the torch backend; this model runs on {backend}")
-        files, images = await images_of(request)
-        if len(images) != 1:
-            raise RequestError(400, "one_image", f"/cam takes one image, got {len(images)}")
+        _, images = await images_of(request, 1, "/cam takes one image")
         png, predicted = await batcher.run_exclusive(cam_png, model, images[0], device)
         return Response(png, media_type="image/png", headers={"X-Predicted-Index": str(predicted)})
 

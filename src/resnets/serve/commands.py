@@ -12,11 +12,11 @@ import json
 import os
 import signal
 import socket
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..device import resolve_device
 from ..errors import ConfigError
+from ..fileio import read_bounded
 from ..export.pipeline import BACKENDS, load_on_backend
 from ..options import add_device_argument
 
@@ -26,6 +26,7 @@ WORKER_ENV = "RESNETS_SERVE_WORKER"  # JSON of what each worker process loads (-
 # batch of a large model on a CPU, shorter than the 30 s or more a scheduler usually waits before SIGKILL.
 GRACEFUL_SHUTDOWN_S = 25
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+KEY_FILE_MAX_BYTES = 64 * 2**10  # a key is a line; a larger file is the wrong file
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     net.add_argument("--host", default="127.0.0.1", help="0.0.0.0: every interface [default: 127.0.0.1]")
     net.add_argument("--port", type=int, default=8000, help="[default: 8000]")
     net.add_argument("--workers", type=int, default=1, metavar="N",
-                     help="server processes, each with its own model and batches, sharing the cores [default: 1]")
+                     help="server processes, each with its own model and batches; each runs its model (torch, "
+                          "onnxruntime or OpenVINO) and decodes images on cores / N threads [default: 1]")
     batching = p.add_argument_group("micro-batching")
     batching.add_argument("--max-batch", type=int, default=32, metavar="N",
                           help="the most images in one forward pass [default: 32]")
@@ -61,6 +63,10 @@ def add_serve(p: argparse.ArgumentParser) -> None:
                         help="images declaring more pixels are refused before decoding [default: 40000000]")
     limits.add_argument("--read-timeout-s", type=float, default=10.0, metavar="S",
                         help="a body not all received this long after its headers answers 408 [default: 10]")
+    limits.add_argument("--max-in-flight", type=int, default=64, metavar="N",
+                        help="the most POST requests served at once, per worker; beyond, 503 before the body is "
+                             "read. Their bodies are in memory together: at worst N x --max-body-mb (64 x 20 MiB = "
+                             "1.25 GiB by default), twice that while forms are parsed [default: 64]")
     auth = p.add_argument_group("API key (every route but /health asks for it)").add_mutually_exclusive_group()
     auth.add_argument("--api-key", default=None, metavar="KEY",
                       help="sent as Authorization: Bearer KEY, X-API-Key: KEY, or a Basic password (any user); "
@@ -69,10 +75,15 @@ def add_serve(p: argparse.ArgumentParser) -> None:
 
 
 def read_key_file(path: str) -> str:
+    """The key on the file's first line. Judged by os.stat before it is opened: opening a FIFO waits for a
+    writer for ever, and /dev/zero has no end."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_bounded(path, KEY_FILE_MAX_BYTES, "a key file holds").decode("utf-8")
+    except ValueError as e:  # UnicodeDecodeError too
+        raise ConfigError(f"--api-key-file {path}: {e}") from None
+    except OSError as e:
         raise ConfigError(f"--api-key-file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    lines = text.splitlines()
     key = lines[0].strip() if lines else ""
     if not key:
         raise ConfigError(f"--api-key-file {path}: its first line is empty; write the key there")
@@ -87,7 +98,8 @@ def settings_from(args: argparse.Namespace) -> Any:
         raise ConfigError("--api-key is empty")
     return ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_images=args.max_images, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
-                         read_timeout_s=args.read_timeout_s, api_key=key and key.strip(), device=args.device)
+                         read_timeout_s=args.read_timeout_s, max_in_flight=args.max_in_flight,
+                         api_key=key and key.strip(), device=args.device)
 
 
 def check_network(args: argparse.Namespace) -> None:
@@ -178,17 +190,18 @@ def serve_one(uvicorn: Any, model: Any, settings: Any, sock: socket.socket, bann
 def serve_workers(uvicorn: Any, args: argparse.Namespace, settings: Any, sock: socket.socket, banner: str) -> None:
     """`args.workers` processes, each loading the model (`worker_app`) and serving on the shared socket. uvicorn
     spawns them from an import string, so what they load travels in WORKER_ENV; each takes its share of the
-    cores for its torch threads, else N workers would run N x cores threads on the same cores.
+    cores for its model's threads and its decoding, else N workers would run N x cores threads on the same cores.
 
     The supervisor handles SIGTERM and SIGINT itself: it passes SIGTERM to each worker, which finishes its
     requests in flight, and returns once they have exited."""
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from .app import usable_cores
+
     os.environ[WORKER_ENV] = json.dumps({"source": args.source, "model": args.model, "backend": args.backend,
                                          "settings": dataclasses.asdict(settings),
-                                         "threads": max(1, cores // args.workers)})
+                                         "threads": max(1, usable_cores() // args.workers)})
     config = _config(uvicorn, f"{__name__}:worker_app", factory=True, workers=args.workers)
     supervisor = Multiprocess(config, sockets=[sock])
     print(banner, flush=True)  # before the workers have loaded the model: /health tells when one has
@@ -204,13 +217,16 @@ def worker_app() -> Any:
     from .app import ServeSettings, create_app
 
     spec = json.loads(os.environ[WORKER_ENV])
+    # Before the model loads: onnxruntime and OpenVINO size their thread pools from it when they start
     torch.set_num_threads(spec["threads"])
     model = load_on_backend(spec["source"], spec["model"], spec["backend"])
-    return create_app(model, ServeSettings(**spec["settings"]))
+    return create_app(model, ServeSettings(**spec["settings"]), decoders=spec["threads"])
 
 
 def describe(model: Any, url: str, workers: int) -> str:
-    arch, backend = getattr(model, "arch_name", None) or type(model).__name__, getattr(model, "backend", "torch")
+    from .app import describe_model
+
+    arch, backend = describe_model(model)
     more = f" with {workers} workers" if workers > 1 else ""
     return f"serving {arch} ({backend}, {model.num_classes} classes) on {url}{more} — docs at /docs"
 

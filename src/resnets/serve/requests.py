@@ -101,9 +101,10 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-async def parse_multipart(headers: Headers, body: bytes, max_images: int) -> list[Upload]:
+async def parse_multipart(headers: Headers, body: bytes, max_images: int, limit: str) -> list[Upload]:
     """The file parts of a form, in order; other fields are ignored (but count against the same limit, so a
-    form of a million tiny fields is refused like one of a million files)."""
+    form of a million tiny fields is refused like one of a million files). `limit` names what sets `max_images`
+    in the refusal."""
     parser = MultiPartParser(headers, _once(body), max_files=max_images, max_fields=max_images,
                              max_part_size=len(body))
     try:
@@ -111,7 +112,7 @@ async def parse_multipart(headers: Headers, body: bytes, max_images: int) -> lis
     except MultiPartException as e:
         if e.message.startswith("Too many files"):
             raise RequestError(413, "too_many_images", f"too many images: more than {max_images} in one request "
-                                                       f"(--max-images)") from None
+                                                       f"({limit})") from None
         raise RequestError(400, "bad_multipart", f"malformed multipart body: {e.message}") from None
     try:
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
@@ -122,13 +123,15 @@ async def parse_multipart(headers: Headers, body: bytes, max_images: int) -> lis
         await form.close()
 
 
-async def read_uploads(request: Request, *, max_bytes: int, timeout_s: float, max_images: int) -> list[Upload]:
-    """The images of a request: its raw body, or the file parts of its form."""
+async def read_uploads(request: Request, *, max_bytes: int, timeout_s: float, max_images: int,
+                       limit: str) -> list[Upload]:
+    """The images of a request: its raw body, or the file parts of its form, refused before any is decoded when
+    there are more than `max_images` (`limit` names what sets it)."""
     kind = body_kind(request.headers.get("content-type"))
     body = await read_body(request, max_bytes, timeout_s)
     if kind == "raw":
         return [Upload("image", body)]
-    return await parse_multipart(request.headers, body, max_images)
+    return await parse_multipart(request.headers, body, max_images, limit)
 
 
 def _bomb(name: str, what: str) -> RequestError:
