@@ -91,10 +91,11 @@ def test_default_digits_run_short(tmp_path, monkeypatch):
 @pytest.mark.parametrize("random_erasing,dtype", [(0.0, torch.uint8), (0.25, torch.float32)])
 def test_the_trainer_leaves_normalising_to_the_device_unless_random_erasing(random_erasing, dtype):
     from resnets.models import get_config
-    from resnets.training.run import build_data
+    from resnets.training.run import load_data, set_transforms
 
     cfg = TrainConfig(random_erasing=random_erasing).resolved()
-    splits = build_data(cfg, get_config(cfg.model).default_pretrained_cfg())
+    splits = load_data(cfg)
+    set_transforms(splits, cfg, get_config(cfg.model).default_pretrained_cfg())
     assert splits.train[0][0].dtype == dtype
     assert splits.val[0][0].dtype == torch.uint8  # validation never erases
 

@@ -2,24 +2,19 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Any
 
-import numpy as np
 
-from ..data.bad_files import BadFiles
-from ..device import default_workers, resolve_device
+from ..device import resolve_device
 from ..errors import ConfigError, RunStopped
 from ..fileio import check_writable
 from .config import TrainConfig, add_arguments, make_config, overrides_from_args
 from .distributed import Distributed
 from .finetune import head_only
 from .lr_find import LrFind, find_lr, lr_option, plot_lr_find, sweep_config, sweep_steps
-from .run import (adapt_to_data, build_training_model, fetch_pretrained, load_data, make_loaders, resolve_precision,
-                  set_process_switches, set_transforms, training_pretrained_cfg)
-from .step import make_train_step
+from .run import assemble
 from .trainer import train
 
 
@@ -84,23 +79,13 @@ def lr_find(overrides: dict[str, Any], steps: int | None = None) -> tuple[LrFind
     if cfg.resume:
         raise ConfigError("lr-find tests the lr of a new run; a resumed run keeps its own: drop --resume")
     device, ctx = resolve_device(cfg.device), Distributed()
-    cfg = cfg if cfg.workers is not None else dataclasses.replace(cfg, workers=default_workers(device.type))
-    set_process_switches(cfg, ctx.rank)
-    amp, channels_last = resolve_precision(cfg, device)
-    pretrained = fetch_pretrained(cfg, ctx) if cfg.pretrained else None
-    splits = load_data(cfg)
     # the recipe chooses batch, optimizer and augmentation as for the run; the lr is what the sweep is for
-    cfg, _ = adapt_to_data(cfg, set(overrides) | {"lr"}, splits, pretrained, ctx)
-    pretrained_cfg = training_pretrained_cfg(cfg, pretrained)
-    set_transforms(splits, cfg, pretrained_cfg)
-    model = build_training_model(cfg, splits, pretrained_cfg, ctx, device, channels_last, pretrained)
-    bad_files = BadFiles(len(splits.train) + len(splits.val), cfg.max_bad_fraction)
-    train_loader, _, sampler = make_loaders(cfg, splits, pretrained_cfg, device, ctx, bad_files)
-    class_counts = np.bincount(splits.train_labels, minlength=len(splits.class_names)).tolist()
-    step = make_train_step(model, sweep_config(cfg), pretrained_cfg, device, amp, channels_last, ctx, class_counts)
-    found = find_lr(step, train_loader, sampler, sweep_steps(len(train_loader), cfg.epochs, steps),
-                    classifier_only=head_only(cfg, epoch=1))
-    return found, cfg
+    parts = assemble(cfg, set(overrides) | {"lr"}, ctx, device)
+    step = parts.make_step(sweep_config(parts.cfg), ctx, device)
+    found = find_lr(step, parts.train_loader, parts.sampler,
+                    sweep_steps(len(parts.train_loader), parts.cfg.epochs, steps),
+                    classifier_only=head_only(parts.cfg, epoch=1))
+    return found, parts.cfg
 
 
 COMMANDS = {"train": (add_train, run_train), "lr-find": (add_lr_find, run_lr_find)}

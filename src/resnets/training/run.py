@@ -102,13 +102,33 @@ class Run:
             print(message, file=sys.stderr)
 
 
-def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch.device,
-              stop: StopRequest | None = None) -> Run:
-    """The run `cfg` asks for: a new one, or the one a checkpoint continues (`explicit`: the options the user
-    gave, which a resume applies where it may). `stop`: the signals' handler the run answers to."""
-    resumed = locate_resume(cfg, ctx)
-    if resumed is not None:  # --lr auto again (a torchrun restart, `-c` of its config.yaml): the lr the run found
-        cfg = resumed.config(cfg, explicit - {"lr"} if cfg.lr == AUTO_LR else explicit)
+@dataclass
+class Parts:
+    """What a run trains with, assembled from its options and its data: `build_run` wraps them into a Run,
+    `resnets lr-find` sweeps the lr with them."""
+    cfg: TrainConfig  # with the recipe's choices
+    recipe: Recipe
+    splits: DataSplits
+    pretrained_cfg: PretrainedCfg
+    data: dict[str, Any]  # the data's identity (resume.py)
+    model: nn.Module
+    bad_files: BadFiles
+    train_loader: Iterable
+    val_loader: Iterable
+    sampler: EpochSampler
+    class_counts: list[int]
+    amp: str
+    channels_last: bool
+
+    def make_step(self, cfg: TrainConfig, ctx: Distributed, device: torch.device) -> TrainStep:
+        return make_train_step(self.model, cfg, self.pretrained_cfg, device, self.amp, self.channels_last, ctx,
+                               self.class_counts)
+
+
+def assemble(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch.device,
+             resumed: Resumed | None = None) -> Parts:
+    """The data, recipe, model and loaders of `cfg`: a new run's (the recipe chooses what `explicit` leaves open),
+    or the `resumed` one's (its checkpoint's options kept, its data checked to be the same)."""
     if cfg.workers is None:
         cfg = dataclasses.replace(cfg, workers=default_workers(device.type))
     set_process_switches(cfg, ctx.rank)
@@ -128,11 +148,24 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
                          **({} if ctx.is_main else {"warn": lambda message: None}))  # rank 0 reports the united list
     train_loader, val_loader, sampler = make_loaders(cfg, splits, pretrained_cfg, device, ctx, bad_files)
     class_counts = np.bincount(splits.train_labels, minlength=len(splits.class_names)).tolist()
+    return Parts(cfg, recipe, splits, pretrained_cfg, data, model, bad_files, train_loader, val_loader, sampler,
+                 class_counts, amp, channels_last)
+
+
+def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: torch.device,
+              stop: StopRequest | None = None) -> Run:
+    """The run `cfg` asks for: a new one, or the one a checkpoint continues (`explicit`: the options the user
+    gave, which a resume applies where it may). `stop`: the signals' handler the run answers to."""
+    resumed = locate_resume(cfg, ctx)
+    if resumed is not None:  # --lr auto again (a torchrun restart, `-c` of its config.yaml): the lr the run found
+        cfg = resumed.config(cfg, explicit - {"lr"} if cfg.lr == AUTO_LR else explicit)
+    parts = assemble(cfg, explicit, ctx, device, resumed)
+    cfg, splits = parts.cfg, parts.splits
     asked_lr = cfg.lr  # config.yaml keeps `lr: auto` as given; its resolved_lr says what it became
-    cfg = resolve_auto_lr(cfg, ctx, train_loader, sampler, lambda sweep_cfg: make_train_step(
-        model, sweep_cfg, pretrained_cfg, device, amp, channels_last, ctx, class_counts),
-        resumed_from=resumed.file if resumed is not None else None)
-    step = make_train_step(model, cfg, pretrained_cfg, device, amp, channels_last, ctx, class_counts)
+    cfg = resolve_auto_lr(cfg, ctx, parts.train_loader, parts.sampler,
+                          lambda sweep_cfg: parts.make_step(sweep_cfg, ctx, device),
+                          resumed_from=resumed.file if resumed is not None else None)
+    step = parts.make_step(cfg, ctx, device)
     progress, history = Progress(), []
     if resumed is not None:
         progress, history = resumed.restore(step, cfg)
@@ -143,13 +176,14 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
         else:
             run_dir = new_run_dir(cfg, ctx)
         step = wrap_step(step, cfg, device)  # after restoring: DDP starts every process from rank 0's weights
-        run = Run(cfg=cfg, ctx=ctx, splits=splits, step=step, train_loader=train_loader, val_loader=val_loader,
-                  sampler=sampler, bad_files=bad_files, run_dir=run_dir, batches_per_epoch=len(train_loader),
-                  progress=progress, history=history, stop=stop or StopRequest(),
-                  data=data, recipe=recipe.summary() if resumed is None else run_dir.recorded_recipe(),
+        run = Run(cfg=cfg, ctx=ctx, splits=splits, step=step, train_loader=parts.train_loader,
+                  val_loader=parts.val_loader, sampler=parts.sampler, bad_files=parts.bad_files, run_dir=run_dir,
+                  batches_per_epoch=len(parts.train_loader), progress=progress, history=history,
+                  stop=stop or StopRequest(), data=parts.data,
+                  recipe=parts.recipe.summary() if resumed is None else run_dir.recorded_recipe(),
                   saved_at=(progress.epoch, progress.samples_in_epoch) if resumed is not None else None)
         if ctx.is_main:
-            _start_run_dir(run, device, amp, channels_last, pretrained_cfg, asked_lr)
+            _start_run_dir(run, device, parts.amp, parts.channels_last, parts.pretrained_cfg, asked_lr)
     except BaseException:
         if run_dir is not None:
             run_dir.release()
@@ -158,8 +192,9 @@ def build_run(cfg: TrainConfig, explicit: set[str], ctx: Distributed, device: to
         _say_resumed(resumed, progress, splits, ctx)
     else:  # said once the run is built: a mistake found on the way stays the one line printed
         run.say(run.recipe)
-    run.say(f"{splits.description}; model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) "
-            f"on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}, amp {amp}")
+    params = sum(p.numel() for p in parts.model.parameters())
+    run.say(f"{splits.description}; model {cfg.model} ({params:,} params) "
+            f"on {device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}, amp {parts.amp}")
     return run
 
 
@@ -206,13 +241,6 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[str, bool
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     return amp, channels_last
-
-
-def build_data(cfg: TrainConfig, pretrained_cfg: PretrainedCfg) -> DataSplits:
-    """The train/val splits of `cfg` with their transforms (`load_data`, then `set_transforms`)."""
-    splits = load_data(cfg)
-    set_transforms(splits, cfg, pretrained_cfg)
-    return splits
 
 
 def load_data(cfg: TrainConfig) -> DataSplits:
