@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+import yaml
 
 from .errors import ConfigError, ResnetsError, WriteError
 
@@ -208,4 +209,13 @@ def read_bounded(path: str | os.PathLike, max_bytes: int, holds: str) -> bytes:
         raise ValueError(f"{info.st_size:,} bytes, more than {holds} ({max_bytes:,} at most)")
     with open(path, "rb") as f:
         return f.read(max_bytes + 1)  # bounded, should the file have grown since the stat
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The mapping a YAML file holds (a run's config.yaml); None when it is missing, unreadable or not a mapping."""
+    try:
+        value = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return value if isinstance(value, dict) else None
 

@@ -20,7 +20,7 @@ import yaml
 
 from .data.bad_files import BAD_FILES_CSV
 from .errors import ConfigError
-from .fileio import atomic_write_bytes, csv_value
+from .fileio import atomic_write_bytes, csv_value, read_yaml_mapping
 from .messages import one_line
 from .per_image import DEFAULT_TOP_LOSSES, PREDICTIONS_CSV, TOP_LOSSES_PNG, confused_pairs
 from .reports import CONFUSION_CSV, CONFUSION_PNG, REPORT_CSV
@@ -71,8 +71,7 @@ def write_report_page(folder: str | Path, kind: str | None = None, output: str |
 # -- the two pages --------------------------------------------------------------------------------------------
 
 def build_run_page(folder: Path) -> str:
-    config = _guarded(lambda: _read_yaml(folder / "config.yaml"), {})
-    config = config if isinstance(config, dict) else {}
+    config = read_yaml_mapping(folder / "config.yaml") or {}
     metrics = _guarded(lambda: _read_json(folder / "metrics.json"), None)
     missing = []
     if not (folder / "metrics.json").is_file():
@@ -290,10 +289,6 @@ def _rounded(cell: str) -> str:
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _read_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:

@@ -23,7 +23,7 @@ from ..data.datasets import load_eval_set, load_splits
 from ..data.transforms import eval_transform
 from ..device import resolve_device
 from ..errors import ConfigError, DataError, ExportError
-from ..fileio import atomic_write_bytes, atomic_write_json, check_writable
+from ..fileio import atomic_write_bytes, atomic_write_json, check_writable, read_yaml_mapping
 from ..hub import load_model
 from ..inference.exported import (ExportedModel, exported_format, load_classifier, load_exported,
                                   openvino_module)
@@ -92,11 +92,9 @@ def check_export_output(output: str | Path, format: str, weights: str | Path | N
 
 def run_config(weights: str | Path | None) -> dict[str, Any] | None:
     """The training options of the run `weights` belongs to (a run folder, or a file in one); None otherwise."""
-    from ..training.run_dir import read_config_yaml
-
     if weights is None or not Path(weights).exists():
         return None
-    config = read_config_yaml(beside_weights(weights, ""))
+    config = read_yaml_mapping(beside_weights(weights, "config.yaml"))
     return config if config and "dataset" in config else None
 
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..errors import TrainingError
 from ..messages import warn
 from .config import TrainConfig
+from .distributed import Distributed
 from .finetune import head_only, set_trainable
 from .optim import lr_factor, set_lr
 from .step import BatchNormStatistics, TrainStep
@@ -144,6 +145,15 @@ class StepAccounting:
         return due
 
 
+def empty_batch_rule(loader: Iterable, ctx: Distributed) -> Callable[[torch.Tensor], bool]:
+    """Whether a batch (its labels) has no readable image in some process: every process then skips it together,
+    since one process alone leaving the step would stall DDP's all-reduce. Only a loader of files can hand out
+    such a batch; agreeing on it costs every step a host-side exchange, which the GPU-resident store does without."""
+    if not getattr(loader, "yields_empty_batches", True):
+        return lambda labels: False
+    return lambda labels: ctx.any(not len(labels))
+
+
 def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progress: Progress,
                     checkpoint: Callable[[], None], batches_per_epoch: int,
                     stop: Callable[[int], bool] | None = None) -> dict[str, float]:
@@ -167,9 +177,7 @@ def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progres
                disable=None if cfg.progress and ctx.is_main else True, file=sys.stderr)
     cycle_skip: torch.Tensor | None = None  # device flag: a batch of this accumulation cycle was non-finite
     global_batch = cfg.batch_size * ctx.world_size
-    # Only a loader of files can hand out a batch with nothing readable in it; agreeing on that costs every
-    # step a host-side exchange between the processes, which the GPU-resident store does without.
-    may_be_empty = getattr(loader, "yields_empty_batches", True)
+    empty_somewhere = empty_batch_rule(loader, ctx)
     step.optimizer.zero_grad(set_to_none=True)
     for i, (images, labels) in enumerate(bar):
         if i % cfg.accum_steps == 0:  # the rate of the coming step, from the progress before it
@@ -181,7 +189,7 @@ def train_one_epoch(step: TrainStep, loader: Iterable, cfg: TrainConfig, progres
         cycle_end = (i + 1) % cfg.accum_steps == 0 or i + 1 == remaining
         # Every file of the batch was unreadable: the batch still counts (for resuming mid-epoch) and is
         # skipped by every process, since one process alone leaving the step would stall DDP's all-reduce.
-        if may_be_empty and ctx.any(not len(labels)):
+        if empty_somewhere(labels):
             accounting.add(StepReport(None, None, progress.batch_in_epoch, cycle_end))
             if cycle_end and cycle_skip is not None and step.ddp is not None:
                 ctx.average_gradients(step.model)  # the batches before ran under no_sync: nothing averaged them

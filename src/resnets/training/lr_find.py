@@ -26,6 +26,7 @@ from ..fileio import atomic_write_bytes
 from .checkpoint import rng_state, set_rng_state
 from .config import AUTO_LR, TrainConfig
 from .distributed import Distributed
+from .epoch import empty_batch_rule
 from .finetune import head_only, set_trainable
 from .optim import LR_SCALING, set_lr
 from .sampling import EpochSampler
@@ -137,13 +138,13 @@ def _sweep(step: TrainStep, loader: Iterable, sampler: EpochSampler | None, step
 def _endless(loader: Iterable, sampler: EpochSampler | None, ctx: Distributed) -> Iterator[tuple[Any, Any]]:
     """The loader's batches, epoch after epoch, without those some process has no readable image of (every
     process skips them together, as the training loop does)."""
-    may_be_empty = getattr(loader, "yields_empty_batches", True)
+    empty_somewhere = empty_batch_rule(loader, ctx)
     for epoch in itertools.count(1):
         if sampler is not None:
             sampler.set_epoch(epoch)
         yielded = False
         for images, labels in loader:
-            if may_be_empty and ctx.any(not len(labels)):
+            if empty_somewhere(labels):
                 continue
             yielded = True
             yield images, labels

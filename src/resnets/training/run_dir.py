@@ -30,7 +30,7 @@ from torch import nn
 from ..data.bad_files import BAD_FILES_CSV
 from ..errors import ConfigError, TrainingError
 from ..evaluation import EvalResult
-from ..fileio import atomic_copy, atomic_write_csv, atomic_write_json, atomic_write_text
+from ..fileio import atomic_copy, atomic_write_csv, atomic_write_json, atomic_write_text, read_yaml_mapping
 from ..models.weights import RUN_WEIGHTS, save_weights
 from ..messages import warn
 from ..per_image import PREDICTIONS_CSV, TOP_LOSSES_PNG, EvaluatedItems, confused_pairs, write_per_image
@@ -76,15 +76,6 @@ if hasattr(os, "register_at_fork"):
 # Drawing curves.png takes ~0.2 s (matplotlib, 2-core CPU): after every epoch it was 5-10% of a short run's time
 # (BENCHMARKS.md, "Time to accuracy on small folders"). Redrawn at most this often, and at the run's end.
 CURVES_EVERY_S = 30.0
-
-
-def read_config_yaml(folder: str | Path) -> dict[str, Any] | None:
-    """A run folder's config.yaml as a mapping; None when it is missing, unreadable or not a mapping."""
-    try:
-        recorded = yaml.safe_load((Path(folder) / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return recorded if isinstance(recorded, dict) else None
 
 
 class RunDir:
@@ -190,7 +181,7 @@ class RunDir:
 
     def recorded_recipe(self) -> str:
         """The recipe line config.yaml recorded when the run started ("" if none): a resume rewrites the file."""
-        value = (read_config_yaml(self.path) or {}).get("recipe_choices")
+        value = (read_yaml_mapping(self.path / "config.yaml") or {}).get("recipe_choices")
         return value if isinstance(value, str) else ""
 
     def open_tensorboard(self, model: nn.Module, example: torch.Tensor) -> None:
