@@ -26,6 +26,11 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers(device_type: str | None) -> int:
     """`-j`, the loader (or decoding) processes, when not given: every core of this process's share (under
     torchrun the node's cores are split between its LOCAL_WORLD_SIZE processes), capped by what else runs.

@@ -13,7 +13,6 @@ import hmac
 import importlib.metadata
 import io
 import math
-import os
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any, AsyncIterator, Callable
@@ -33,7 +32,7 @@ from torch import nn
 import resnets
 
 from ..data.transforms import eval_transform
-from ..device import resolve_device
+from ..device import resolve_device, usable_cores
 from ..errors import ConfigError
 from ..inference.cam import CAM_ALPHA, denormalize, grad_cam
 from ..inference.fold import for_inference, has_parameters
@@ -117,11 +116,6 @@ def check_api_key(key: str) -> None:
     if not set(key) <= KEY_CHARS:
         raise ConfigError("the API key must be printable ASCII without spaces or control characters: an HTTP "
                           "header cannot carry it otherwise")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, where the platform has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def describe_model(model: nn.Module) -> tuple[str, str]:

@@ -197,7 +197,7 @@ def serve_workers(uvicorn: Any, args: argparse.Namespace, settings: Any, sock: s
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    from .app import usable_cores
+    from ..device import usable_cores
 
     os.environ[WORKER_ENV] = json.dumps({"source": args.source, "model": args.model, "backend": args.backend,
                                          "settings": dataclasses.asdict(settings),

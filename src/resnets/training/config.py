@@ -27,6 +27,7 @@ GROUPS = [("data", "data"), ("model", "model"), ("optimisation", "optimisation")
           ("distributed", "several processes (torchrun; -b is per process)"), ("logging", "logging")]
 MAX_WORKERS = 512
 AUTO_LR = "auto"  # --lr auto: the range test picks it when the run starts (lr_find.py)
+RECIPES = ("auto", "imagenet")  # --recipe: chosen for the data (recipe.py), or the defaults below
 IMBALANCE = ("none", "weights", "sampler")  # --imbalance: class-weighted loss (step.py), balanced sampling (run.py)
 
 
@@ -68,7 +69,7 @@ class TrainConfig:
     recipe: str = option("auto", "auto: choose batch, lr, warm-up, augmentation, label smoothing, EMA and the "
                                   "training size from the data, the model and the epochs (printed at the start, "
                                   "written to config.yaml; options given win); imagenet: the defaults listed here, "
-                                  "ImageNet's", group="optimisation", choices=("auto", "imagenet"))
+                                  "ImageNet's", group="optimisation", choices=RECIPES)
     epochs: int = option(8, "epochs to train", group="optimisation")
     batch_size: int = option(64, "images per step and process", group="optimisation", short="-b")
     lr: float | str = option(0.1, "peak learning rate (after the warm-up), or auto: the one the learning-rate range "

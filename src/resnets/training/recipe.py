@@ -27,7 +27,6 @@ from ..data.datasets import DataSplits, ImageFiles, TensorImages
 from ..data.transforms import SMALL_IMAGE
 from .config import TrainConfig
 
-RECIPES = ("auto", "imagenet")
 SIZE_SAMPLE = 64  # image headers read to learn the data's typical size: a few ms, whatever the folder's size
 
 
