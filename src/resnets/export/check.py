@@ -85,10 +85,10 @@ def check_exact(model: nn.Module, artefact: Artefact, input_size: tuple[int, int
     sizes = [tuple(input_size[1:])]
     if artefact.model.dynamic_size:
         sizes.append((input_size[1] + 32, input_size[2] + 64))  # a size, and an aspect, the trace never saw
+    device = next(iter(model.parameters()), torch.empty(0)).device
     worst = tolerance = 0.0
     for h, w in sizes:
         x = torch.randn(CHECK_BATCH, input_size[0], h, w, generator=gen)
-        device = next(iter(model.parameters()), torch.empty(0)).device
         with torch.inference_mode():
             expected = model(x.to(device)).float().cpu().numpy()
         try:

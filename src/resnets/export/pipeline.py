@@ -119,7 +119,7 @@ class ExportData:
     def __init__(self, model: nn.Module, input_size: tuple[int, int, int], weights: str | Path | None,
                  data_dir: str | Path | None = None, calibration_dir: str | Path | None = None) -> None:
         self.transform = eval_transform(model.pretrained_cfg.for_eval().replace(input_size=input_size))
-        self.model, self.weights, self.data_dir, self.calibration_dir = model, weights, data_dir, calibration_dir
+        self.model, self.data_dir, self.calibration_dir = model, data_dir, calibration_dir
         self.run = run_config(weights)
         self._splits = None
 
@@ -289,7 +289,7 @@ def exported_in_memory(model: nn.Module, backend: str) -> ExportedModel:
     """`model` exported for `backend` ("onnx" or "openvino") at its own size, checked as `resnets export` checks
     the float32 formats, never written: what `resnets serve --backend onnx` runs from weights."""
     model = model.eval()
-    input_size = tuple(int(v) for v in model.pretrained_cfg.for_eval().input_size)
+    input_size = export_input_size(model, None, torch.device("cpu"))
     artefact = build_artefact(model, backend, input_size)
     check_exact(model, artefact, input_size)
     return artefact.model
